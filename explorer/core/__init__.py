@@ -1,0 +1,1 @@
+"""Headless core of Retrieval Explorer. Nothing under this package may import Qt."""

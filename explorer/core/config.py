@@ -1,0 +1,96 @@
+"""Settings: which backend serves each model role, and where the library lives.
+
+Precedence, lowest first: built-in defaults, the config file, environment variables, CLI
+flags. The config file is JSON at ``$EXPLORER_CONFIG`` or ``~/.config/retrieval-explorer/config.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from .errors import ExplorerError
+
+DEFAULT_SPECS = {
+    "image": "effnet-lite0",
+    "text": "minilm",
+    "captioner": "structured",
+    "detector": "ssd-mobilenet",
+}
+
+ENV_VARS = {
+    "image": "EXPLORER_IMAGE_ENCODER",
+    "text": "EXPLORER_TEXT_ENCODER",
+    "captioner": "EXPLORER_CAPTIONER",
+    "detector": "EXPLORER_DETECTOR",
+    "library": "EXPLORER_LIBRARY",
+}
+
+
+def default_library() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "retrieval-explorer" / "library"
+
+
+def config_path() -> Path:
+    env = os.environ.get("EXPLORER_CONFIG")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "retrieval-explorer" / "config.json"
+
+
+@dataclass(frozen=True)
+class Settings:
+    image: str = DEFAULT_SPECS["image"]
+    text: str = DEFAULT_SPECS["text"]
+    captioner: str = DEFAULT_SPECS["captioner"]
+    detector: str = DEFAULT_SPECS["detector"]
+    #: Open-vocabulary detectors (OWL-ViT) search for these labels.
+    detector_labels: tuple[str, ...] = ("person", "bag", "shoe", "dress", "shirt", "car", "dog", "cat", "cup")
+    detector_threshold: float = 0.4
+    library: str = field(default_factory=lambda: str(default_library()))
+    device: str = "auto"
+
+    def spec(self, role: str) -> str:
+        return getattr(self, role)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["detector_labels"] = list(self.detector_labels)
+        return d
+
+    @classmethod
+    def load(cls, overrides: dict | None = None) -> "Settings":
+        """Defaults, then the config file, then environment, then ``overrides`` (CLI flags)."""
+        values: dict = {}
+        path = config_path()
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise ExplorerError(f"config file {path} is not valid JSON: {e}") from None
+            known = {f.name for f in fields(cls)}
+            unknown = set(data) - known
+            if unknown:
+                raise ExplorerError(f"config file {path}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+            values.update(data)
+        for key, var in ENV_VARS.items():
+            if os.environ.get(var):
+                values[key] = os.environ[var]
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        if "detector_labels" in values and isinstance(values["detector_labels"], str):
+            values["detector_labels"] = tuple(s.strip() for s in values["detector_labels"].split(",") if s.strip())
+        elif "detector_labels" in values:
+            values["detector_labels"] = tuple(values["detector_labels"])
+        return replace(cls(), **values)
+
+    def save(self) -> Path:
+        path = config_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
+        os.replace(tmp, path)
+        return path

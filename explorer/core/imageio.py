@@ -1,0 +1,115 @@
+"""Safe image decoding shared by indexing, queries and the GUI.
+
+Every decode goes through ``load_image`` so that the same rules hold everywhere: EXIF
+orientation applied, first frame of animations, RGB output, a bound on pixel count against
+decompression bombs, and a ``BadImage`` with a short reason for anything that is not a
+readable image. Large images are decoded at reduced size (JPEG draft mode) because every
+model here works at 224-800 px; ``LoadedImage.scale`` maps boxes back to original pixels.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from .errors import BadImage
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+
+#: Refuse images with more pixels than this (about 16k x 16k); guards against decompression bombs.
+MAX_PIXELS = 268_000_000
+#: Decoded working size: the longest side handed to the models.
+WORK_SIDE = 800
+#: Refuse files larger than this before even opening them.
+MAX_FILE_BYTES = 512 * 1024 * 1024
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+Image.MAX_IMAGE_PIXELS = None  # we apply our own bound with a clear message
+
+
+def is_image_path(path: str | os.PathLike) -> bool:
+    return os.path.splitext(os.fsdecode(path))[1].lower() in IMAGE_EXTENSIONS
+
+
+@dataclass
+class LoadedImage:
+    image: Image.Image  # RGB, longest side <= WORK_SIDE (unless max_side=None)
+    width: int  # original width after EXIF orientation
+    height: int
+
+    @property
+    def scale(self) -> float:
+        """Multiply working-image coordinates by this to get original pixel coordinates."""
+        return self.width / max(1, self.image.width)
+
+
+def load_image(path: str | os.PathLike, max_side: int | None = WORK_SIDE) -> LoadedImage:
+    """Decode ``path`` into an RGB image, or raise ``BadImage`` saying why not."""
+    p = Path(os.fsdecode(path)) if not isinstance(path, bytes) else Path(os.fsdecode(path))
+    try:
+        size = p.stat().st_size
+    except FileNotFoundError:
+        raise BadImage(f"file not found: {p}") from None
+    except PermissionError:
+        raise BadImage(f"permission denied: {p}") from None
+    except OSError as e:
+        raise BadImage(f"cannot read {p}: {e.strerror or e}") from None
+    if not p.is_file():
+        raise BadImage(f"not a regular file: {p}")
+    if size == 0:
+        raise BadImage("empty file (0 bytes)")
+    if size > MAX_FILE_BYTES:
+        raise BadImage(f"file too large ({size // (1024 * 1024)} MB > {MAX_FILE_BYTES // (1024 * 1024)} MB)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(p) as im:
+                w, h = im.size
+                if w <= 0 or h <= 0:
+                    raise BadImage("image has no pixels")
+                if w * h > MAX_PIXELS:
+                    raise BadImage(f"image too large ({w}x{h} = {w * h / 1e6:.0f} MP > {MAX_PIXELS / 1e6:.0f} MP limit)")
+                if getattr(im, "n_frames", 1) > 1:
+                    im.seek(0)
+                if max_side and im.format == "JPEG":
+                    im.draft("RGB", (max_side, max_side))
+                im.load()
+                orientation = im.getexif().get(0x0112, 1)
+                rgb = _to_rgb(ImageOps.exif_transpose(im))
+    except BadImage:
+        raise
+    except PermissionError:
+        raise BadImage(f"permission denied: {p}") from None
+    except UnidentifiedImageError:
+        raise BadImage("not an image, or an unsupported format") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError) as e:
+        raise BadImage(f"corrupt or truncated image: {str(e).splitlines()[0][:120] if str(e) else type(e).__name__}") from None
+    except MemoryError:
+        raise BadImage("image too large to decode in memory") from None
+    if orientation in (5, 6, 7, 8):
+        w, h = h, w
+    if max_side and max(rgb.size) > max_side:
+        rgb.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    return LoadedImage(rgb, w, h)
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Normalise any mode (palette, LA, RGBA, 16-bit, CMYK) to RGB; transparency composites on white."""
+    if im.mode == "RGB":
+        return im.copy()
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGB", rgba.size, (255, 255, 255))
+        bg.paste(rgba, mask=rgba.split()[-1])
+        return bg
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        import numpy as np
+
+        a = np.asarray(im, dtype=np.float32)
+        hi = float(a.max()) or 1.0
+        return Image.fromarray((a / hi * 255).astype("uint8")).convert("RGB")
+    return im.convert("RGB")

@@ -1,0 +1,1 @@
+"""Model roles, backends and their registry."""

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The run command: sets up .venv when missing, makes the sample gallery from photos that
+# scikit-image ships, indexes it with the offline default models, and opens the window.
+set -euo pipefail
+cd "$(dirname "$0")"
+scripts/bootstrap.sh
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+exec .venv/bin/python main.py --demo "$@"

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create .venv and install the project into it, once. Re-runs only when pyproject.toml changes.
+# torch is installed first at its pinned version: these machines carry that wheel on disk,
+# and an unpinned torch would pull a multi-GB download.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ -f "$stamp" ]; then exit 0; fi
+echo "[bootstrap] setting up .venv (first run only; a few minutes)..." >&2
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+rm -f .venv/.installed-*
+touch "$stamp"
+echo "[bootstrap] done" >&2
