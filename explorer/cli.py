@@ -1,0 +1,270 @@
+"""The ``explorer`` command line: every core capability, headless.
+
+Each subcommand is a thin shell over ``explorer.core``; user errors (``ExplorerError``)
+print one line and exit with status 2, and nothing here imports Qt except ``gui``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+from .core.config import Settings
+from .core.errors import ExplorerError
+
+EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
+
+
+# ---------------------------------------------------------------------------------------
+# shared options
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("models (spec strings; see `explorer models`)")
+    g.add_argument("--image-encoder", dest="image", metavar="SPEC", help="e.g. effnet-lite0, open_clip:ViT-B-32@FILE")
+    g.add_argument("--text-encoder", dest="text", metavar="SPEC", help="e.g. minilm, open_clip:ViT-B-32@FILE")
+    g.add_argument("--captioner", metavar="SPEC", help="e.g. structured, hf:Salesforce/blip-image-captioning-base")
+    g.add_argument("--detector", metavar="SPEC", help="e.g. ssd-mobilenet, hf-detr:facebook/detr-resnet-50")
+    g.add_argument("--detector-labels", metavar="L1,L2", help="labels for open-vocabulary detectors")
+    g.add_argument("--device", metavar="DEV", help="auto (default), cpu, cuda")
+
+
+def add_library_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--library", metavar="DIR", help="library folder (default: $EXPLORER_LIBRARY or ~/.local/share/retrieval-explorer/library)")
+
+
+def settings_from(args) -> Settings:
+    keys = ("image", "text", "captioner", "detector", "detector_labels", "device", "library")
+    return Settings.load({k: getattr(args, k, None) for k in keys})
+
+
+def open_library(args, settings: Settings | None = None, must_exist: bool = False):
+    from .core.library import Library
+
+    settings = settings or settings_from(args)
+    path = os.path.expanduser(settings.library)
+    if must_exist and not os.path.isfile(os.path.join(path, "library.sqlite")):
+        raise ExplorerError(f"no library at {path}: index a folder first with `explorer index FOLDER --library {path}`")
+    return Library(path, settings)
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr with images/s and ETA; silent when stderr is not a terminal
+    unless ``force`` (then it prints a line every few seconds)."""
+
+    def __init__(self, stream=sys.stderr, force: bool = False):
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.force = force
+        self.last = 0.0
+
+    def __call__(self, p) -> None:
+        now = time.monotonic()
+        if p.phase != "indexing":
+            if self.tty or self.force:
+                self._write(f"{p.phase}...", end="\n" if not self.tty else "")
+            return
+        if not self.tty and now - self.last < 5 and p.done < p.total:
+            return
+        self.last = now
+        width = 30
+        frac = p.done / p.total if p.total else 1.0
+        bar = "#" * int(frac * width) + "." * (width - int(frac * width))
+        eta = f"{int(p.eta // 60)}:{int(p.eta % 60):02d}" if p.eta is not None else "--:--"
+        self._write(f"[{bar}] {p.done}/{p.total}  {p.rate:5.1f} img/s  ETA {eta}  failed {p.failed}", end="" if self.tty else "\n")
+
+    def _write(self, text: str, end: str) -> None:
+        if self.tty:
+            self.stream.write("\r\033[K" + text + end)
+        else:
+            self.stream.write(text + end)
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+
+
+# ---------------------------------------------------------------------------------------
+# subcommands
+
+
+def cmd_models(args) -> int:
+    from .core.models.registry import ROLES, entries, entry_for, probe
+
+    settings = settings_from(args)
+    rows = []
+    all_ready = True
+    for role in ROLES:
+        spec = settings.spec(role)
+        try:
+            entry = entry_for(role, spec)
+            av = probe(role, settings)
+        except ExplorerError as e:
+            rows.append({"role": role, "backend": spec, "ready": False, "where": "", "missing": str(e)})
+            all_ready = False
+            continue
+        rows.append({"role": role, "backend": spec, "summary": entry.summary, "ready": av.ready, "where": av.where, "missing": av.hint})
+        all_ready &= av.ready
+    if args.json:
+        print(json.dumps({"roles": rows, "ready": all_ready, "available": [e.__dict__ for e in entries()]}, indent=2, default=list))
+        return EXIT_OK if all_ready else EXIT_FAILURES
+    for r in rows:
+        state = "ready" if r["ready"] else "MISSING"
+        print(f"{r['role']:<10} {r['backend']:<28} {state}")
+        if r.get("summary"):
+            print(f"{'':<10} {r['summary']}")
+        if r["ready"]:
+            print(f"{'':<10} weights: {r['where']}")
+        else:
+            print(f"{'':<10} to fix: {r['missing']}")
+    print("\nother backends:")
+    for e in entries():
+        if e.name not in {r["backend"].split(':')[0] for r in rows} and "classifier" not in e.roles:
+            print(f"  {e.name:<14} ({', '.join(e.roles)}) {e.summary}")
+    print("\nall roles ready" if all_ready else "\nsome roles are missing weights (see 'to fix')")
+    return EXIT_OK if all_ready else EXIT_FAILURES
+
+
+def cmd_index(args) -> int:
+    from .core.captions import CaptionsFile
+    from .core.pipeline import Indexer
+
+    lib = open_library(args)
+    captions = CaptionsFile.load(args.captions) if args.captions else None
+    indexer = Indexer(lib, captions_file=captions, batch_size=args.batch_size)
+    cancel = threading.Event()
+
+    def on_sigint(signum, frame):
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+        sys.stderr.write("\ncancelling: finishing the current batch and saving (Ctrl-C again to abort)...\n")
+
+    old = signal.signal(signal.SIGINT, on_sigint)
+    bar = ProgressBar(force=args.progress)
+    try:
+        summary = indexer.run(args.folders, progress=None if args.quiet else bar, cancel=cancel)
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if not args.quiet:
+            bar.close()
+    lib.close()
+    if args.json:
+        print(json.dumps(summary.to_dict(), indent=2))
+    else:
+        print(f"library: {lib.dir}")
+        print(f"scanned {summary.scanned} images: {summary.indexed} indexed, {summary.unchanged} unchanged, "
+              f"{summary.removed} removed, {len(summary.failures)} failed in {summary.elapsed:.1f} s")
+        for f in summary.failures[:50]:
+            print(f"  failed: {f.path}: {f.reason}")
+        if len(summary.failures) > 50:
+            print(f"  ... and {len(summary.failures) - 50} more (use --json for all)")
+        if summary.cancelled:
+            print("cancelled: what was done is saved; run the same command again to continue")
+    if summary.cancelled:
+        return EXIT_CANCELLED
+    return EXIT_FAILURES if summary.failures else EXIT_OK
+
+
+def cmd_check(args) -> int:
+    lib = open_library(args, must_exist=True)
+    report = lib.check()
+    lines = report.lines()
+    print("\n".join(lines) if lines else "library is consistent: database and indices agree")
+    from .core.store import ImageRow
+    from sqlalchemy import func, select
+
+    with lib.store.session() as s:
+        counts = dict(s.execute(select(ImageRow.status, func.count()).group_by(ImageRow.status)).all())
+    print(f"images: {counts.get('ok', 0)} indexed, {counts.get('error', 0)} with errors")
+    for mode in ("image", "caption", "fused"):
+        print(f"index {mode}: {len(lib.index(mode))} vectors")
+    lib.close()
+    return EXIT_OK
+
+
+def cmd_demo_gallery(args) -> int:
+    from .core.samples import make_sample_gallery
+
+    out = make_sample_gallery(args.out)
+    print(out)
+    return EXIT_OK
+
+
+def cmd_gui(args) -> int:
+    from .ui.app import run_app
+
+    return run_app(settings_from(args), gallery=args.gallery, demo=args.demo)
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="explorer", description="Retrieval Explorer: image-only vs caption-fused retrieval on your own images.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log details (and tracebacks) to stderr")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("models", help="list model roles, chosen backends, where weights were found, what is missing")
+    add_model_options(s)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_models)
+
+    s = sub.add_parser("index", help="index gallery folders (incremental, resumable)")
+    s.add_argument("folders", nargs="+", metavar="FOLDER")
+    add_library_option(s)
+    add_model_options(s)
+    s.add_argument("--captions", metavar="FILE", help="user captions: JSON {path: caption} or COCO captions")
+    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--json", action="store_true", help="print the summary as JSON")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--progress", action="store_true", help="print progress lines even when stderr is not a terminal")
+    s.set_defaults(func=cmd_index)
+
+    s = sub.add_parser("check", help="check and repair the library (database vs indices)")
+    add_library_option(s)
+    add_model_options(s)
+    s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("sample-gallery", help="write the sample gallery (photos shipped by scikit-image) to a folder")
+    s.add_argument("out", nargs="?", default="sample-gallery")
+    s.set_defaults(func=cmd_demo_gallery)
+
+    s = sub.add_parser("gui", help="open the desktop app")
+    add_library_option(s)
+    add_model_options(s)
+    s.add_argument("--gallery", metavar="FOLDER", help="gallery folder to open")
+    s.add_argument("--demo", action="store_true", help="open the sample gallery, indexing it first if needed")
+    s.set_defaults(func=cmd_gui)
+
+    from . import cli_search
+
+    cli_search.register(sub, add_library_option, add_model_options)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except ExplorerError as e:
+        if args.verbose:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_CANCELLED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

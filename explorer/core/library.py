@@ -1,0 +1,186 @@
+"""A library: one folder holding the database, the ANN indices and caches.
+
+``Library.open`` also runs the consistency check: every index is synced against the vectors
+stored in the database (adding what is missing, deleting what is gone, rebuilding a missing
+or corrupt index file), and what was repaired is reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import or_, select
+
+from . import fusion
+from .config import Settings
+from .errors import ExplorerError
+from .index import SyncReport, VectorIndex
+from .models.registry import ModelLoader
+from .store import CaptionRow, ImageRow, Store, VectorRow, caption_rank
+
+log = logging.getLogger(__name__)
+
+
+def slug(model_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", model_id)[:80]
+
+
+@dataclass
+class CheckReport:
+    repairs: dict[str, SyncReport] = field(default_factory=dict)
+    removed_orphans: int = 0
+
+    def lines(self) -> list[str]:
+        out = [f"index {name}: {r}" for name, r in self.repairs.items() if r.added or r.deleted or r.rebuilt]
+        if self.removed_orphans:
+            out.append(f"removed {self.removed_orphans} incomplete image rows")
+        return out
+
+
+class Library:
+    """Database + indices for one set of models (image encoder, text encoder)."""
+
+    def __init__(self, directory: str | Path, settings: Settings, loader: ModelLoader | None = None):
+        self.dir = Path(directory).expanduser().resolve()
+        self.settings = settings
+        self.loader = loader or ModelLoader(settings)
+        try:
+            self.store = Store(self.dir)
+        except Exception as e:  # noqa: BLE001 - e.g. a read-only folder or a corrupt database
+            raise ExplorerError(f"cannot open library at {self.dir}: {str(e).splitlines()[0]}") from None
+        self.alpha = fusion.DEFAULT_ALPHA
+        self._indices: dict[str, VectorIndex] = {}
+
+    # model facts come from the loaded models, so they are loaded lazily
+    @property
+    def image_model(self):
+        return self.loader.get("image")
+
+    @property
+    def text_model(self):
+        return self.loader.get("text")
+
+    @property
+    def shared_space(self) -> bool:
+        im, tx = self.image_model, self.text_model
+        return im.shared_space_id is not None and im.shared_space_id == tx.shared_space_id
+
+    # -- indices ------------------------------------------------------------------------
+    def index(self, mode: str) -> VectorIndex:
+        """The ANN index of a mode: ``image``, ``caption`` or ``fused``."""
+        if mode not in self._indices:
+            im, tx = self.image_model, self.text_model
+            if mode == "image":
+                vi = VectorIndex(self.dir / "indices", f"image--{slug(im.model_id)}", im.dim, {"image": im.model_id})
+            elif mode == "caption":
+                vi = VectorIndex(self.dir / "indices", f"caption--{slug(tx.model_id)}", tx.dim, {"text": tx.model_id})
+            elif mode == "fused":
+                dim = im.dim if self.shared_space else im.dim + tx.dim
+                src = {"image": im.model_id, "text": tx.model_id, "alpha": self.alpha, "weights": "v1"}
+                vi = VectorIndex(self.dir / "indices", f"fused--{slug(im.model_id)}--{slug(tx.model_id)}", dim, src)
+            else:
+                raise ExplorerError(f"unknown index mode '{mode}'")
+            self._indices[mode] = vi
+        return self._indices[mode]
+
+    def _changed(self, mode: str):
+        im, tx = self.image_model.model_id, self.text_model.model_id
+
+        def raw(kind: str, model_id: str):
+            def changed(seq_high: int):
+                with self.store.session() as s:
+                    q = select(VectorRow.image_id, VectorRow.dim, VectorRow.data, VectorRow.seq).join(ImageRow).where(
+                        VectorRow.kind == kind, VectorRow.model_id == model_id, ImageRow.status == "ok", VectorRow.seq > seq_high)
+                    rows = s.execute(q).all()
+                if not rows:
+                    return np.zeros(0, np.int64), np.zeros((0, 1), np.float32), seq_high
+                ids = np.array([r[0] for r in rows], np.int64)
+                mat = np.frombuffer(b"".join(r[2] for r in rows), np.float32).reshape(len(rows), rows[0][1])
+                return ids, mat, max(r[3] for r in rows)
+            return changed
+
+        if mode == "image":
+            return raw("image", im)
+        if mode == "caption":
+            return raw("caption", tx)
+
+        def fused_changed(seq_high: int):
+            with self.store.session() as s:
+                q = select(VectorRow.image_id).join(ImageRow).where(
+                    ImageRow.status == "ok", VectorRow.seq > seq_high,
+                    or_((VectorRow.kind == "image") & (VectorRow.model_id == im), (VectorRow.kind == "caption") & (VectorRow.model_id == tx)))
+                ids = sorted(set(s.scalars(q)))
+                high = max([seq_high] + [v for v in s.scalars(select(VectorRow.seq).where(VectorRow.seq > seq_high))])
+            if not ids:
+                return np.zeros(0, np.int64), np.zeros((0, 1), np.float32), high
+            gal = self.gallery_vectors(ids)
+            vec = fusion.fuse_gallery(gal.image, gal.caption, self.alpha, gal.weights, self.shared_space)
+            return gal.ids, vec, high
+
+        return fused_changed
+
+    def live_ids(self, mode: str) -> set[int]:
+        im, tx = self.image_model.model_id, self.text_model.model_id
+        with self.store.session() as s:
+            def ids(kind, model_id):
+                return set(s.scalars(select(VectorRow.image_id).join(ImageRow).where(
+                    ImageRow.status == "ok", VectorRow.kind == kind, VectorRow.model_id == model_id)))
+            if mode == "image":
+                return ids("image", im)
+            if mode == "caption":
+                return ids("caption", tx)
+            return ids("image", im) & ids("caption", tx)
+
+    def sync_indices(self, save: bool = True) -> dict[str, SyncReport]:
+        reports = {}
+        for mode in ("image", "caption", "fused"):
+            vi = self.index(mode)
+            reports[vi.name] = vi.sync(self._changed(mode), self.live_ids(mode))
+            if save:
+                vi.save()
+        return reports
+
+    def check(self) -> CheckReport:
+        """Make database and indices agree; report what had to be repaired."""
+        report = CheckReport()
+        report.repairs = self.sync_indices(save=True)
+        for line in report.lines():
+            log.info("consistency check: %s", line)
+        return report
+
+    # -- vectors for search and evaluation --------------------------------------------------
+    def gallery_vectors(self, image_ids=None) -> "GalleryVectors":
+        im, tx = self.image_model.model_id, self.text_model.model_id
+        ids_i, mat_i = self.store.load_vectors("image", im, image_ids)
+        ids_c, mat_c = self.store.load_vectors("caption", tx, image_ids)
+        common = np.intersect1d(ids_i, ids_c)
+        mat_i = mat_i[np.searchsorted(ids_i, common)] if len(common) else np.zeros((0, self.image_model.dim), np.float32)
+        mat_c = mat_c[np.searchsorted(ids_c, common)] if len(common) else np.zeros((0, self.text_model.dim), np.float32)
+        weights = np.zeros(len(common), np.float32)
+        if len(common):
+            with self.store.session() as s:
+                caps = {}
+                for row in s.scalars(select(CaptionRow).where(CaptionRow.image_id.in_(common.tolist()))):
+                    caps.setdefault(row.image_id, []).append(row)
+            for j, iid in enumerate(common.tolist()):
+                best = min(caps.get(iid, []), key=lambda c: caption_rank(c.source), default=None)
+                if best is not None:
+                    weights[j] = fusion.caption_weight(best.source, best.confidence)
+        return GalleryVectors(common, mat_i, mat_c, weights)
+
+    def close(self) -> None:
+        for vi in self._indices.values():
+            vi.save()
+        self.store.close()
+
+
+@dataclass
+class GalleryVectors:
+    ids: np.ndarray
+    image: np.ndarray
+    caption: np.ndarray
+    weights: np.ndarray
