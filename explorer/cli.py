@@ -27,8 +27,8 @@ EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("models (spec strings; see `explorer models`)")
-    g.add_argument("--image-encoder", dest="image", metavar="SPEC", help="e.g. effnet-lite0, open_clip:ViT-B-32@FILE")
-    g.add_argument("--text-encoder", dest="text", metavar="SPEC", help="e.g. minilm, open_clip:ViT-B-32@FILE")
+    g.add_argument("--image-encoder", dest="image_encoder", metavar="SPEC", help="e.g. effnet-lite0, open_clip:ViT-B-32@FILE")
+    g.add_argument("--text-encoder", dest="text_encoder", metavar="SPEC", help="e.g. minilm, open_clip:ViT-B-32@FILE")
     g.add_argument("--captioner", metavar="SPEC", help="e.g. structured, hf:Salesforce/blip-image-captioning-base")
     g.add_argument("--detector", metavar="SPEC", help="e.g. ssd-mobilenet, hf-detr:facebook/detr-resnet-50")
     g.add_argument("--detector-labels", metavar="L1,L2", help="labels for open-vocabulary detectors")
@@ -40,8 +40,9 @@ def add_library_option(p: argparse.ArgumentParser) -> None:
 
 
 def settings_from(args) -> Settings:
-    keys = ("image", "text", "captioner", "detector", "detector_labels", "device", "library")
-    return Settings.load({k: getattr(args, k, None) for k in keys})
+    keys = {"image": "image_encoder", "text": "text_encoder", "captioner": "captioner", "detector": "detector",
+            "detector_labels": "detector_labels", "device": "device", "library": "library"}
+    return Settings.load({k: getattr(args, a, None) for k, a in keys.items()})
 
 
 def open_library(args, settings: Settings | None = None, must_exist: bool = False):

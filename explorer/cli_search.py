@@ -1,7 +1,81 @@
-"""Subcommands for search, evaluation and training (registered by ``explorer.cli``)."""
+"""Subcommands for search, evaluation, captions and training (registered by ``explorer.cli``)."""
 
 from __future__ import annotations
 
+import argparse
+import json
+
+from .core.errors import BadQuery
+
+
+def parse_box(text: str | None):
+    if not text:
+        return None
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise BadQuery(f"--box needs four numbers x1,y1,x2,y2 in pixels, got '{text}'") from None
+    if len(vals) != 4:
+        raise BadQuery(f"--box needs four numbers x1,y1,x2,y2 in pixels, got '{text}'")
+    return vals
+
+
+def cmd_search(args) -> int:
+    from .cli import open_library
+    from .core.search import MODES, QuerySpec, Searcher
+
+    if not args.image and args.text is None:
+        raise BadQuery("give --image PATH, --text \"...\", or --image PATH --modify \"...\"")
+    if args.modify is not None and not args.image:
+        raise BadQuery("--modify needs --image (a composed query modifies an image)")
+    if args.image and args.text is not None:
+        raise BadQuery("use --text alone for text queries, or --image with --modify for composed queries")
+    modes = MODES if args.mode == "all" else tuple(m.strip() for m in args.mode.split(","))
+    lib = open_library(args, must_exist=True)
+    if args.alpha is not None:
+        if not 0.0 <= args.alpha <= 1.0:
+            raise BadQuery(f"--alpha must be in [0, 1], got {args.alpha}")
+    searcher = Searcher(lib)
+    spec = QuerySpec(image=args.image, text=args.text, modifier=args.modify, box=parse_box(args.box), caption=args.caption)
+    res = searcher.search(spec, modes=modes, k=args.k, alpha=args.alpha, rerank=args.rerank)
+    if args.json:
+        print(json.dumps(res.to_dict(), indent=2, ensure_ascii=False))
+        return 0
+    q = res.query
+    print(f"query: {spec.kind}" + (f"  caption: {q.caption.text!r} ({q.caption.source}, weight {q.caption_weight:.2f})" if q.caption else ""))
+    if q.target_text:
+        print(f"target description: {q.target_text!r}")
+    if q.detections:
+        print("query objects: " + ", ".join(f"{d.label} {d.score:.2f}" for d in q.detections))
+    for mode, r in res.modes.items():
+        print(f"\n== {mode}" + (f" (rerank: {r.rerank})" if r.rerank != "none" else "") + (f"  [{r.note}]" if r.note else ""))
+        for h in r.hits:
+            others = " ".join(f"{m}:{'-' if v is None else v}" for m, v in h.other_ranks.items())
+            print(f"{h.rank:>3}. {h.score:.4f}  {h.path}  [{others}]")
+            if args.captions:
+                print(f"       {h.caption}")
+    for name, c in res.comparisons.items():
+        print(f"\n{name}: overlap@{args.k} {c['overlap_at_k']:.2f}, spearman {c['spearman']}")
+    return 0
+
 
 def register(sub, add_library_option, add_model_options) -> None:
-    return None
+    s = sub.add_parser("search", help="search the library by image, text, object box, or image + modifier",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Examples:\n  explorer search --image query.jpg --mode all --k 10\n"
+                                   "  explorer search --text \"a cat\" --mode caption\n"
+                                   "  explorer search --image dress.jpg --modify \"the same dress in red\"")
+    add_library_option(s)
+    add_model_options(s)
+    s.add_argument("--image", metavar="PATH", help="query image (anywhere on disk)")
+    s.add_argument("--text", metavar="TEXT", help="text query")
+    s.add_argument("--modify", metavar="TEXT", help="with --image: a sentence that modifies it (composed query)")
+    s.add_argument("--box", metavar="X1,Y1,X2,Y2", help="with --image: search with this object (pixel box)")
+    s.add_argument("--caption", metavar="TEXT", help="with --image: your own caption for the query image")
+    s.add_argument("--mode", default="all", help="image, fused, caption, a comma list, or all (default)")
+    s.add_argument("--k", type=int, default=10)
+    s.add_argument("--alpha", type=float, help="caption fusion weight in [0, 1] (default: the library's)")
+    s.add_argument("--rerank", default="none", choices=["none", "aqe"], help="aqe: alpha-query expansion")
+    s.add_argument("--captions", action="store_true", help="print each hit's caption")
+    s.add_argument("--json", action="store_true", help="stable JSON output (schema retrieval-explorer/search/v1)")
+    s.set_defaults(func=cmd_search)

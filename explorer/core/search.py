@@ -1,0 +1,402 @@
+"""Retrieval: image, text, object and composed queries in image-only, caption-fused and
+caption-only modes, with optional alpha-query-expansion reranking.
+
+A query is *prepared* once (decode, detect, caption, embed: the expensive part). Ranking
+is then pure numpy over a candidate pool gathered from the ANN indices, so changing alpha
+or k re-ranks live without re-encoding (the GUI's slider relies on this).
+
+Composed queries (image + a sentence that modifies it):
+
+- **shared image-text space** (open_clip): training-free weighted fusion. The image query
+  vector becomes ``normalise((1 - lam) * img + lam * text(modifier))`` and the caption side
+  uses the edited caption below. ``lam`` is ``modifier_weight`` (default 0.5).
+- **separate spaces** (offline default): caption editing, as in vision-by-language composed
+  retrieval. The query's caption and the modifier are combined into a *target description*
+  (``edit_caption``), which is embedded and fused with the image embedding with weight
+  ``lam`` instead of ``alpha * w``. Image-only mode cannot see the modifier and says so.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import select
+
+from . import fusion
+from .errors import BadImage, BadQuery
+from .imageio import load_image
+from .library import Library
+from .models.base import Caption, Detection, l2_normalise
+from .store import CaptionRow, DetectionRow, ImageRow, caption_rank
+
+MODES = ("image", "fused", "caption")
+DEFAULT_K = 10
+#: How many candidates each index contributes before exact re-scoring.
+POOL_MIN = 200
+MODIFIER_WEIGHT = 0.5
+COLOURS = ("black", "white", "grey", "gray", "red", "orange", "yellow", "green", "teal", "blue", "purple", "pink", "brown", "beige", "navy")
+
+
+@dataclass
+class QuerySpec:
+    """What the user asked. ``image`` may be a path anywhere on disk; ``box`` crops it (an object query)."""
+
+    image: str | None = None
+    text: str | None = None
+    modifier: str | None = None
+    box: tuple[float, float, float, float] | None = None
+    caption: str | None = None  # the user's edit of the query caption
+
+    @property
+    def kind(self) -> str:
+        if self.image and self.modifier:
+            return "composed"
+        if self.image:
+            return "object" if self.box else "image"
+        return "text"
+
+
+@dataclass
+class PreparedQuery:
+    spec: QuerySpec
+    image_vec: np.ndarray | None
+    caption: Caption | None  # the query's caption (image queries) or the text itself
+    caption_vec: np.ndarray | None
+    caption_weight: float
+    target_text: str | None = None  # composed queries: the edited caption that was embedded
+    detections: list[Detection] = field(default_factory=list)
+    size: tuple[int, int] | None = None
+    self_path: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Hit:
+    rank: int
+    image_id: int
+    path: str
+    score: float
+    caption: str = ""
+    caption_source: str = ""
+    detections: list[dict] = field(default_factory=list)
+    width: int | None = None
+    height: int | None = None
+    other_ranks: dict[str, int | None] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "rank": self.rank, "image_id": self.image_id, "path": self.path, "score": round(float(self.score), 6),
+            "caption": self.caption, "caption_source": self.caption_source, "detections": self.detections,
+            "width": self.width, "height": self.height, "other_ranks": self.other_ranks,
+        }
+
+
+@dataclass
+class ModeResult:
+    mode: str
+    hits: list[Hit]
+    rerank: str = "none"
+    note: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode, "rerank": self.rerank, "note": self.note, "hits": [h.to_dict() for h in self.hits]}
+
+
+@dataclass
+class SearchResult:
+    query: PreparedQuery
+    modes: dict[str, ModeResult]
+    comparisons: dict[str, dict]
+    alpha: float
+    k: int
+    timings: dict[str, float]
+
+    def to_dict(self) -> dict:
+        q = self.query
+        return {
+            "schema": "retrieval-explorer/search/v1",
+            "query": {
+                "kind": q.spec.kind, "image": q.spec.image, "box": list(q.spec.box) if q.spec.box else None,
+                "text": q.spec.text, "modifier": q.spec.modifier,
+                "caption": q.caption.text if q.caption else None, "caption_source": q.caption.source if q.caption else None,
+                "caption_weight": round(q.caption_weight, 4), "target_text": q.target_text,
+                "detections": [d.to_dict() for d in q.detections],
+            },
+            "alpha": self.alpha, "k": self.k,
+            "modes": {m: r.to_dict() for m, r in self.modes.items()},
+            "comparisons": self.comparisons,
+            "timings_ms": {k: round(v * 1000, 2) for k, v in self.timings.items()},
+        }
+
+
+def edit_caption(caption: str, modifier: str) -> str:
+    """Combine a caption and a modifier into a target description.
+
+    Colour words in the modifier replace the caption's colours; the modifier is then stated
+    as the main clause so that the text encoder weighs it, e.g.
+    ("a photo of a dress; colours: blue", "the same dress in red") ->
+    "the same dress in red; a photo of a dress; colours: red".
+    """
+    modifier = modifier.strip()
+    mod_colours = [c for c in COLOURS if re.search(rf"\b{c}\b", modifier, re.I)]
+    base = caption.strip()
+    if mod_colours:
+        if re.search(r"colours?:", base):
+            base = re.sub(r"colours?:[^;]*", "colours: " + ", ".join(mod_colours), base)
+        else:
+            base = re.sub(rf"\b({'|'.join(COLOURS)})\b", mod_colours[0], base, flags=re.I)
+    return f"{modifier}; {base}" if base else modifier
+
+
+class Searcher:
+    """Runs queries against one library. Thread-safe for reads; models are shared with indexing."""
+
+    def __init__(self, library: Library):
+        self.lib = library
+        if library.store.count_images() == 0:
+            raise BadQuery(f"the library at {library.dir} has no indexed images: run `explorer index FOLDER --library {library.dir}` first")
+        self.repairs = library.check().lines()  # load the indices and make them agree with the database
+
+    # -- preparing ------------------------------------------------------------------------------
+    def prepare(self, spec: QuerySpec) -> PreparedQuery:
+        t: dict[str, float] = {}
+        ld = self.lib.loader
+        text_enc = ld.get("text")
+        if spec.image is None:
+            text = (spec.text or "").strip()
+            if not text:
+                raise BadQuery("empty query: give an image, a text, or an image with a modifier")
+            t0 = time.perf_counter()
+            tv = text_enc.embed_texts([text])[0]
+            t["encode"] = time.perf_counter() - t0
+            img_vec = None
+            if self.lib.shared_space:
+                img_vec = tv  # text searches the image index directly in a shared space
+            return PreparedQuery(spec, img_vec, Caption(text, "query-text", text_enc.model_id, 1.0), tv, 1.0, timings=t)
+
+        path = Path(spec.image).expanduser()
+        t0 = time.perf_counter()
+        try:
+            loaded = load_image(path)
+        except BadImage as e:
+            raise BadQuery(f"cannot use {path} as a query: {e}") from None
+        image = loaded.image
+        if spec.box is not None:
+            x1, y1, x2, y2 = (v / loaded.scale for v in spec.box)
+            x1, y1 = max(0, int(x1)), max(0, int(y1))
+            x2, y2 = min(image.width, int(round(x2))), min(image.height, int(round(y2)))
+            if x2 - x1 < 4 or y2 - y1 < 4:
+                raise BadQuery(f"the box {spec.box} is empty or outside the image")
+            image = image.crop((x1, y1, x2, y2))
+        t["decode"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        dets = ld.get("detector").detect([image])[0]
+        t["detect"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if spec.caption and spec.caption.strip():
+            cap = Caption(spec.caption.strip(), "user-edited", "user", 1.0)
+        else:
+            cap = ld.get("captioner").caption([image], [dets])[0]
+        t["caption"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        img_vec = ld.get("image").embed_images([image])[0]
+        target = None
+        cap_text = cap.text
+        if spec.modifier and spec.modifier.strip():
+            target = edit_caption(cap.text, spec.modifier)
+            cap_text = target
+            if self.lib.shared_space:
+                mv = text_enc.embed_texts([spec.modifier.strip()])[0]
+                img_vec = l2_normalise((1 - MODIFIER_WEIGHT) * img_vec + MODIFIER_WEIGHT * mv)
+        cap_vec = text_enc.embed_texts([cap_text])[0]
+        t["encode"] = time.perf_counter() - t0
+        scale = loaded.scale if spec.box is None else 1.0
+        dets_orig = [Detection(d.label, d.score, tuple(v * scale for v in d.box)) for d in dets]
+        return PreparedQuery(
+            spec, img_vec, cap, cap_vec, fusion.caption_weight(cap.source, cap.confidence), target, dets_orig,
+            (loaded.width, loaded.height), str(path.resolve()), t,
+        )
+
+    # -- candidates and ranking ------------------------------------------------------------------
+    def candidate_pool(self, pq: PreparedQuery, k: int) -> "CandidatePool":
+        """Gather candidates from every index, then their exact cosines for every mode."""
+        t0 = time.perf_counter()
+        pool_k = max(POOL_MIN, 4 * k)
+        ids: set[int] = set()
+        img_idx, cap_idx, fused_idx = self.lib.index("image"), self.lib.index("caption"), self.lib.index("fused")
+        if pq.image_vec is not None:
+            ids.update(img_idx.search(pq.image_vec, pool_k)[0].tolist())
+        if pq.caption_vec is not None:
+            ids.update(cap_idx.search(pq.caption_vec, pool_k)[0].tolist())
+        if pq.image_vec is not None and pq.caption_vec is not None:
+            ids.update(fused_idx.search(fusion.fuse_query(pq.image_vec, pq.caption_vec, self.lib.alpha, self.lib.shared_space), pool_k)[0].tolist())
+        t_ann = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        id_arr = np.array(sorted(ids), np.int64)
+        live_img, live_cap = img_idx.live_ids(), cap_idx.live_ids()
+        id_arr = np.array([i for i in id_arr if i in live_img and i in live_cap], np.int64)
+        if len(id_arr):
+            gi = np.asarray(img_idx.index.get_items(id_arr), np.float32)
+            gc = np.asarray(cap_idx.index.get_items(id_arr), np.float32)
+        else:
+            gi = np.zeros((0, self.lib.image_model.dim), np.float32)
+            gc = np.zeros((0, self.lib.text_model.dim), np.float32)
+        meta = self._fetch_meta(id_arr.tolist())
+        weights = np.array([meta[i]["weight"] for i in id_arr.tolist()], np.float32)
+        cos_img = gi @ pq.image_vec if pq.image_vec is not None else None
+        cos_cap = gc @ pq.caption_vec if pq.caption_vec is not None else None
+        t_db = time.perf_counter() - t0
+        return CandidatePool(id_arr, gi, gc, cos_img, cos_cap, weights, meta, {"ann": t_ann, "db_fetch": t_db})
+
+    def _fetch_meta(self, ids: list[int]) -> dict[int, dict]:
+        out: dict[int, dict] = {i: {"path": "", "caption": "", "source": "", "weight": 0.0, "detections": [], "w": None, "h": None} for i in ids}
+        if not ids:
+            return out
+        with self.lib.store.session() as s:
+            for r in s.execute(select(ImageRow.id, ImageRow.path, ImageRow.width, ImageRow.height).where(ImageRow.id.in_(ids))):
+                out[r[0]].update(path=r[1], w=r[2], h=r[3])
+            best: dict[int, CaptionRow] = {}
+            for c in s.scalars(select(CaptionRow).where(CaptionRow.image_id.in_(ids))):
+                if c.image_id not in best or caption_rank(c.source) < caption_rank(best[c.image_id].source):
+                    best[c.image_id] = c
+            for i, c in best.items():
+                out[i].update(caption=c.text, source=c.source, weight=fusion.caption_weight(c.source, c.confidence))
+            for d in s.scalars(select(DetectionRow).where(DetectionRow.image_id.in_(ids))):
+                out[d.image_id]["detections"].append({"label": d.label, "score": round(d.score, 4), "box": [round(v, 1) for v in d.box]})
+        return out
+
+    def rank(self, pq: PreparedQuery, pool: "CandidatePool", mode: str, k: int, alpha: float, rerank: str = "none") -> ModeResult:
+        """Rank the pool for one mode. Cheap: no model runs here."""
+        note = None
+        if mode == "image":
+            if pool.cos_img is None:
+                note = "image-only mode needs an image query or a shared image-text space (open_clip); showing caption matches"
+                scores = pool.cos_cap
+            else:
+                scores = pool.cos_img
+                if pq.spec.modifier and not self.lib.shared_space:
+                    note = "image-only mode ignores the modifier with separate image and text encoders"
+        elif mode == "caption":
+            scores = pool.cos_cap
+        elif mode == "fused":
+            if pool.cos_img is None:
+                scores = pool.cos_cap
+                note = "text query with separate encoders: fused equals caption-only"
+            elif pq.target_text is not None:
+                scores = fusion.fused_scores(pool.cos_img, pool.cos_cap, MODIFIER_WEIGHT, 1.0, np.ones_like(pool.weights))
+            else:
+                scores = fusion.fused_scores(pool.cos_img, pool.cos_cap, alpha, pq.caption_weight, pool.weights)
+        else:
+            raise BadQuery(f"unknown mode '{mode}'; choose from {', '.join(MODES)}")
+        scores = np.asarray(scores, np.float32).copy()
+        if pq.self_path is not None:
+            for j, i in enumerate(pool.ids.tolist()):
+                if pool.meta[i]["path"] == pq.self_path:
+                    scores[j] = -np.inf
+        if rerank == "aqe" and len(scores):
+            scores = self._alpha_qe(pq, pool, mode, scores, alpha)
+        elif rerank not in ("none", "aqe"):
+            raise BadQuery(f"unknown rerank '{rerank}'; choose none or aqe")
+        order = np.lexsort((pool.ids, -scores))[: min(k, int(np.isfinite(scores).sum()))]
+        hits = []
+        for r, j in enumerate(order, 1):
+            i = int(pool.ids[j])
+            m = pool.meta[i]
+            hits.append(Hit(r, i, m["path"], float(scores[j]), m["caption"], m["source"], m["detections"], m["w"], m["h"]))
+        return ModeResult(mode, hits, rerank, note)
+
+    def _alpha_qe(self, pq, pool, mode, scores, alpha, n: int = 5, power: float = 3.0) -> np.ndarray:
+        """alpha-query expansion (Radenovic et al.): average the query with its top-n neighbours
+        weighted by similarity**power, per representation, then re-score the pool."""
+        top = np.argsort(-scores)[:n]
+        w = np.clip(scores[top], 0, None) ** power
+
+        def expand(q, gallery):
+            if q is None:
+                return None
+            return l2_normalise(q + (w[:, None] * gallery[top]).sum(0))
+
+        qi = expand(pq.image_vec, pool.gi) if pool.cos_img is not None else None
+        qc = expand(pq.caption_vec, pool.gc)
+        ci = pool.gi @ qi if qi is not None else None
+        cc = pool.gc @ qc if qc is not None else pool.cos_cap
+        if mode == "image":
+            new = ci if ci is not None else cc
+        elif mode == "caption":
+            new = cc
+        elif ci is None:
+            new = cc
+        elif pq.target_text is not None:
+            new = fusion.fused_scores(ci, cc, MODIFIER_WEIGHT, 1.0, np.ones_like(pool.weights))
+        else:
+            new = fusion.fused_scores(ci, cc, alpha, pq.caption_weight, pool.weights)
+        new = np.asarray(new, np.float32)
+        new[~np.isfinite(scores)] = -np.inf
+        return new
+
+    def search(self, spec: QuerySpec, modes=MODES, k: int = DEFAULT_K, alpha: float | None = None, rerank: str = "none") -> SearchResult:
+        if k <= 0:
+            raise BadQuery("k must be a positive number")
+        alpha = self.lib.alpha if alpha is None else float(alpha)
+        if not 0.0 <= alpha <= 1.0:
+            raise BadQuery(f"alpha must be in [0, 1], got {alpha}")
+        pq = self.prepare(spec)
+        pool = self.candidate_pool(pq, k)
+        return self.rank_all(pq, pool, modes, k, alpha, rerank)
+
+    def rank_all(self, pq: PreparedQuery, pool: "CandidatePool", modes, k: int, alpha: float, rerank: str = "none") -> SearchResult:
+        t0 = time.perf_counter()
+        results = {m: self.rank(pq, pool, m, k, alpha, rerank) for m in modes}
+        t_rank = time.perf_counter() - t0
+        comparisons = annotate_rank_changes(results, k)
+        timings = {**pq.timings, **pool.timings, "rank": t_rank}
+        return SearchResult(pq, results, comparisons, alpha, k, timings)
+
+
+@dataclass
+class CandidatePool:
+    ids: np.ndarray
+    gi: np.ndarray
+    gc: np.ndarray
+    cos_img: np.ndarray | None
+    cos_cap: np.ndarray | None
+    weights: np.ndarray
+    meta: dict[int, dict]
+    timings: dict[str, float]
+
+
+def annotate_rank_changes(results: dict[str, ModeResult], k: int) -> dict[str, dict]:
+    """Fill each hit's rank in the other modes; return overlap@k and rank correlation per pair."""
+    ranks = {m: {h.image_id: h.rank for h in r.hits} for m, r in results.items()}
+    for m, r in results.items():
+        for h in r.hits:
+            h.other_ranks = {o: ranks[o].get(h.image_id) for o in results if o != m}
+    comps = {}
+    names = list(results)
+    for a_i, a in enumerate(names):
+        for b in names[a_i + 1:]:
+            comps[f"{a}_vs_{b}"] = compare_rankings([h.image_id for h in results[a].hits], [h.image_id for h in results[b].hits], k)
+    return comps
+
+
+def compare_rankings(a: list[int], b: list[int], k: int) -> dict:
+    """overlap@k, and Spearman's rho over the union (an item missing from a list gets rank k+1)."""
+    sa, sb = set(a[:k]), set(b[:k])
+    overlap = len(sa & sb) / k if k else 0.0
+    union = sorted(sa | sb)
+    if len(union) < 2:
+        return {"overlap_at_k": round(overlap, 4), "spearman": None, "common": len(sa & sb)}
+    ra = {x: i + 1 for i, x in enumerate(a[:k])}
+    rb = {x: i + 1 for i, x in enumerate(b[:k])}
+    xa = np.array([ra.get(x, k + 1) for x in union], float)
+    xb = np.array([rb.get(x, k + 1) for x in union], float)
+    if xa.std() == 0 or xb.std() == 0:
+        rho = 1.0 if np.array_equal(xa, xb) else 0.0
+    else:
+        rho = float(np.corrcoef(xa, xb)[0, 1])
+    return {"overlap_at_k": round(overlap, 4), "spearman": round(rho, 4), "common": len(sa & sb)}
