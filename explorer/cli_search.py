@@ -59,7 +59,61 @@ def cmd_search(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    import sys
+
+    from .cli import open_library
+    from .core.evaluate import run_evaluation
+
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    lib = open_library(args, must_exist=True)
+    head = None
+    if args.head:
+        from .core.learned.io import load_head
+
+        head = load_head(args.head, lib)
+        if "learned" not in modes:
+            modes = modes + ("learned",)
+
+    def progress(msg, frac):
+        if not args.quiet:
+            print(f"[{frac * 100:5.1f}%] {msg}", file=sys.stderr)
+
+    report = run_evaluation(lib, args.gt, modes=modes, alpha=args.alpha, rerank=args.rerank,
+                            alpha_sweep=args.alpha_sweep, progress=progress, learned_head=head)
+    for w in report.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print("\n".join(report.summary_lines()))
+    for path in args.plot or []:
+        for written in report.write_plot(path):
+            print(f"plot: {written}")
+    if args.out:
+        written = report.write_metrics(args.out)
+        for w in written if isinstance(written, list) else [written]:
+            print(f"metrics: {w}")
+    return 0
+
+
 def register(sub, add_library_option, add_model_options) -> None:
+    s = sub.add_parser("eval", help="evaluate image-only vs caption-fused retrieval against ground truth",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Ground truth forms: folders:DIR (one label per sub-folder), csv:FILE (image,label or "
+                                   "query,relevant[,ignore]), coco:FILE, deepfashion2:DIR.\n"
+                                   "Example: explorer eval --gt folders:photos --modes image,fused,caption --alpha-sweep "
+                                   "--plot pr.svg --plot pr.png --out metrics.json")
+    add_library_option(s)
+    add_model_options(s)
+    s.add_argument("--gt", required=True, metavar="SPEC", help="folders:DIR | csv:FILE | coco:FILE | deepfashion2:DIR")
+    s.add_argument("--modes", default="image,fused,caption", help="comma list of image, fused, caption, learned")
+    s.add_argument("--alpha", type=float, help="fusion weight (default: the library's)")
+    s.add_argument("--rerank", default="none", choices=["none", "aqe", "both"], help="evaluate with alpha-QE reranking too")
+    s.add_argument("--alpha-sweep", action="store_true", help="also report fused mAP for alpha = 0, 0.1, ..., 1")
+    s.add_argument("--head", metavar="FILE", help="a trained fusion head (adds the 'learned' mode)")
+    s.add_argument("--plot", action="append", metavar="FILE", help="write the PR plot (.png, .svg or .pdf); repeatable")
+    s.add_argument("--out", metavar="FILE", help="write metrics (.json, or .csv plus _per_query.csv)")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_eval)
+
     s = sub.add_parser("search", help="search the library by image, text, object box, or image + modifier",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Examples:\n  explorer search --image query.jpg --mode all --k 10\n"
