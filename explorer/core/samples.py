@@ -66,3 +66,39 @@ def make_sample_gallery(out: str | Path, with_variants: bool = True) -> Path:
                 for suffix, v in variants(img).items():
                     v.save(d / f"{stem}_{suffix}.jpg", quality=92)
     return out
+
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_LABELS = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot")
+
+
+def fashion_mnist_available() -> bool:
+    return (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file()
+
+
+def make_fashion_mnist(out: str | Path, per_class: int = 100, offset: int = 0) -> Path:
+    """Write ``per_class`` Fashion-MNIST test images per label into label folders under ``out``.
+
+    The images come from Debian's ``dataset-fashion-mnist`` package (MIT): 28x28 grey product
+    photos. ``offset`` skips that many images of each class first, so disjoint subsets can be made.
+    """
+    import gzip
+
+    import numpy as np
+
+    if not fashion_mnist_available():
+        raise FileNotFoundError(f"Fashion-MNIST not found in {FASHION_MNIST_DIR}: apt-get install dataset-fashion-mnist")
+    with gzip.open(FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz") as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+    with gzip.open(FASHION_MNIST_DIR / "t10k-labels-idx1-ubyte.gz") as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8)
+    out = Path(out)
+    for c, name in enumerate(FASHION_MNIST_LABELS):
+        d = out / name
+        d.mkdir(parents=True, exist_ok=True)
+        idx = np.flatnonzero(labels == c)[offset : offset + per_class]
+        for i in idx:
+            p = d / f"{name}-{i:05d}.png"
+            if not p.exists():
+                Image.fromarray(images[i]).save(p)
+    return out

@@ -26,6 +26,7 @@ ending in ``.json`` (the architecture is then named after the file). It is regis
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import threading
@@ -39,7 +40,7 @@ from PIL import Image
 from ..config import Settings
 from ..errors import ModelUnavailable
 from .base import ImageEncoder, TextEncoder, l2_normalise
-from .weights import find_hf_model, force_offline, models_dir
+from .weights import find_hf_model, force_offline, missing_hint, models_dir
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".npz")
 PREFERRED_NAMES = (
@@ -183,6 +184,13 @@ def _tag_checkpoint(arch: str, tag: str, tag_cfg: dict) -> tuple[Path | None, st
     return None, hint
 
 
+def _tag_list(arch: str, limit: int = 6) -> str:
+    import open_clip
+
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    return ", ".join(tags[:limit]) + (f" and {len(tags) - limit} more" if len(tags) > limit else "")
+
+
 def _resolve(argument: str) -> _Plan:
     arg = argument.strip()
     if not arg:
@@ -226,7 +234,7 @@ def _resolve(argument: str) -> _Plan:
         if _looks_like_path(rest):
             hint = f"open_clip checkpoint {where} not found: put the {arch} checkpoint file there or pass open_clip:{arch}@/absolute/path/to/file"
         else:
-            tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
+            tags = _tag_list(arch) or "none"
             hint = (
                 f"'{rest}' is neither a pretrained tag of open_clip {arch} (known: {tags}) nor a checkpoint file "
                 f"(looked for {where}); pass open_clip:{arch}@TAG or open_clip:{arch}@path/to/file"
@@ -262,7 +270,7 @@ def _resolve_folder_form(arg: str) -> _Plan:
         ckpt = _checkpoint_in(folder) if folder.is_dir() else None
         if ckpt is not None:
             return _Plan(arch, f"open_clip:{arch}@{ckpt.name}", ckpt, {}, model_cfg)
-        tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch))
+        tags = _tag_list(arch)
         hint = f"open_clip:{arch} needs a checkpoint: pass open_clip:{arch}@TAG" + (f" (tags: {tags})" if tags else "")
         hint += f" or open_clip:{arch}@path/to/file, or put the checkpoint in {folder}/"
         return _Plan(arch, f"open_clip:{arch}", None, {}, model_cfg, missing=hint)
@@ -301,6 +309,69 @@ _SIZE_RE = re.compile(
 _KEYS_RE = re.compile(r'(Missing|Unexpected) key\(s\) in state_dict: ((?:"[^"]*"(?:, )?)+)')
 
 
+class _QuietRootWarnings(logging.Filter):
+    """Hide open_clip's "initialized randomly" warning while we build a model only to compare shapes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
+def _checkpoint_shapes(path: Path, arch: str) -> dict[str, tuple]:
+    """Names and shapes of the tensors in a checkpoint, read cheaply (safetensors header / mmap)."""
+    if path.suffix == ".npz":
+        return {}
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        import torch
+
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    except Exception as e:  # noqa: BLE001 - anything unreadable is the same user problem
+        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:160]
+        if "torchscript" in str(e).lower():
+            raise ModelUnavailable(
+                f"open_clip checkpoint {path} is a TorchScript archive, which is not loaded; use the "
+                f"open_clip_pytorch_model.bin / open_clip_model.safetensors of the same weights instead"
+            ) from None
+        raise ModelUnavailable(
+            f"open_clip checkpoint {path} does not match architecture {arch}: "
+            f"not a PyTorch or safetensors checkpoint ({e.__class__.__name__}: {first})"
+        ) from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj:
+        raise ModelUnavailable(
+            f"open_clip checkpoint {path} does not match architecture {arch}: it holds no state dict of weights"
+        )
+    shapes = {str(k).removeprefix("module."): tuple(getattr(v, "shape", ())) for k, v in obj.items()}
+    del obj
+    return shapes
+
+
+def _compare_shapes(model_shapes: dict[str, tuple], file_shapes: dict[str, tuple], arch: str) -> str:
+    common = [k for k in model_shapes if k in file_shapes]
+    if not common:
+        a, b = next(iter(file_shapes), "?"), next(iter(model_shapes), "?")
+        return f"none of its {len(file_shapes)} weights belong to {arch} (file has e.g. {a}, {arch} expects e.g. {b})"
+    for k in common:
+        if tuple(model_shapes[k]) != tuple(file_shapes[k]):
+            n = sum(tuple(model_shapes[c]) != tuple(file_shapes[c]) for c in common)
+            more = f" (and {n - 1} more)" if n > 1 else ""
+            return f"{k} has shape {list(file_shapes[k])} in the file but {list(model_shapes[k])} in {arch}{more}"
+    missing = [k for k in model_shapes if k not in file_shapes]
+    if missing:
+        return f"{len(missing)} weights of {arch} are missing from the file, e.g. {missing[0]}"
+    return ""
+
+
 def _mismatch_reason(err: BaseException) -> str:
     """One short phrase out of a (possibly huge) loading error."""
     msg = str(err)
@@ -315,10 +386,8 @@ def _mismatch_reason(err: BaseException) -> str:
             names = re.findall(r'"([^"]*)"', keys)
             parts.append(f"{len(names)} {kind.lower()} weights, e.g. {names[0]}")
         return "; ".join(parts) or msg.splitlines()[0][:200]
-    if isinstance(err, StopIteration) or not msg:
-        return f"not a usable checkpoint ({err.__class__.__name__})"
-    first = msg.strip().splitlines()[0] if msg.strip() else err.__class__.__name__
-    return f"not a readable checkpoint ({err.__class__.__name__}: {first[:160]})"
+    first = (msg.strip().splitlines() or [""])[0][:200]
+    return f"{err.__class__.__name__}: {first}" if first else err.__class__.__name__
 
 
 def _text_cfg_override(model_cfg: dict | None) -> dict:
@@ -331,8 +400,6 @@ def _text_cfg_override(model_cfg: dict | None) -> dict:
         return {}
     local = find_hf_model(name)
     if local is None:
-        from .weights import missing_hint
-
         raise ModelUnavailable("open_clip text tower needs its transformers config: " + missing_hint(name, "config.json and the tokenizer files"))
     text_cfg["hf_model_name"] = str(local)
     text_cfg["hf_model_pretrained"] = False
@@ -350,14 +417,12 @@ def _make_tokenizer(plan: _Plan):
     if hf_name:
         source = plan.local_dir if plan.local_dir is not None and (plan.local_dir / "tokenizer_config.json").is_file() else find_hf_model(hf_name)
         if source is None:
-            from .weights import missing_hint
-
             raise ModelUnavailable(f"open_clip {plan.arch} needs the tokenizer '{hf_name}': " + missing_hint(hf_name, "tokenizer.json / tokenizer_config.json"))
         try:
             return HFTokenizer(str(source), context_length=context_length, tokenizer_mode=text_cfg.get("tokenizer_mode"), **kwargs)
         except Exception as e:  # noqa: BLE001
             raise ModelUnavailable(f"cannot load tokenizer '{hf_name}' from {source}: {str(e).splitlines()[0][:200]}") from None
-    if "siglip" in plan.arch.lower():
+    if plan.local_dir is None and "siglip" in plan.arch.lower():
         # open_clip would fetch a sentencepiece vocab over HTTP for these; refuse instead.
         raise ModelUnavailable(f"open_clip {plan.arch} needs text_cfg.hf_tokenizer_name pointing at a local tokenizer")
     # The CLIP BPE vocabulary ships inside the open_clip package: no network needed.
@@ -417,6 +482,25 @@ def _embed_dim(model) -> int:
     raise ModelUnavailable("cannot tell the embedding size of this open_clip model")
 
 
+def _describe_with_empty_model(plan: _Plan, kwargs: dict, file_shapes: dict[str, tuple]) -> str:
+    """Build the architecture without weights and say which tensor differs (only on the error path)."""
+    import open_clip
+
+    quiet = _QuietRootWarnings()
+    root = logging.getLogger()
+    root.addFilter(quiet)
+    try:
+        empty = open_clip.create_model(plan.arch, load_weights=False, device="cpu",
+                                       pretrained_image=False, pretrained_text=False, **kwargs)
+        model_shapes = {k: tuple(v.shape) for k, v in empty.state_dict().items()}
+        del empty
+    except Exception:  # noqa: BLE001 - fall back to the original error text
+        return ""
+    finally:
+        root.removeFilter(quiet)
+    return _compare_shapes(model_shapes, file_shapes, plan.arch)
+
+
 def load_open_clip(argument: str, loader) -> OpenClipModel:
     force_offline()
     plan = _resolve(argument)
@@ -441,6 +525,7 @@ def load_open_clip(argument: str, loader) -> OpenClipModel:
             kwargs["force_preprocess_cfg"] = merge_preprocess_dict({}, plan.tag_cfg)
             if plan.tag_cfg.get("quick_gelu") and not model_cfg.get("quick_gelu"):
                 kwargs["force_quick_gelu"] = True
+    file_shapes = _checkpoint_shapes(plan.checkpoint, plan.arch)  # cheap; fails fast on a non-checkpoint
     try:
         if plan.local_dir is not None:
             model = open_clip.create_model(plan.arch, device="cpu", pretrained_image=False, pretrained_text=False, **kwargs)
@@ -452,8 +537,11 @@ def load_open_clip(argument: str, loader) -> OpenClipModel:
     except ModelUnavailable:
         raise
     except Exception as e:  # noqa: BLE001 - every failure here is "this file is not that model"
+        reason = ""
+        if file_shapes and "Error(s) in loading state_dict" not in str(e):
+            reason = _describe_with_empty_model(plan, kwargs, file_shapes)
         raise ModelUnavailable(
-            f"open_clip checkpoint {plan.checkpoint} does not match architecture {plan.arch}: {_mismatch_reason(e)}"
+            f"open_clip checkpoint {plan.checkpoint} does not match architecture {plan.arch}: {reason or _mismatch_reason(e)}"
         ) from None
     model.eval().to(device)
     preprocess = image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
