@@ -165,7 +165,9 @@ def test_cli_search_json_and_errors(photo_library, tmp_path):
 
 
 def test_caption_weight_rules():
-    assert fusion.caption_weight("sidecar", 0.1) == 1.0
-    assert fusion.caption_weight("generated", 0.4) == 0.0
-    assert fusion.caption_weight("generated", 1.0) == 1.0
-    assert fusion.caption_weight(None, None) == 0.0
+    assert fusion.caption_weight("sidecar", 0.1, 0.0) == 1.0
+    assert fusion.caption_weight("generated", 1.0, 0.0) == 0.0  # a caption unrelated to the image's neighbourhood
+    assert fusion.caption_weight("generated", 1.0, 1.0) == 1.0
+    assert fusion.caption_weight("generated", 0.0, 1.0) == 0.5
+    assert fusion.caption_weight(None, None, None) == 0.0
+    assert list(fusion.neighbourhood_agreement([[1, 2, 3, 4]], [[4, 3, 9, 8]], 4)) == [0.5]

@@ -243,7 +243,7 @@ def run_evaluation(
     meta = {
         "ground_truth": gt.spec or gt.name, "dataset": gt.name, "n_queries": len(q_paths), "n_gallery": len(g_paths),
         "modes": list(modes), "alpha": alpha, "rerank": rerank, "models": models,
-        "fusion": {"generated_floor": fusion.GENERATED_FLOOR}, "elapsed_s": round(time.perf_counter() - t0, 3),
+        "fusion": {"caption_weights": "agreement-v1", "agreement_k": fusion.AGREEMENT_K}, "elapsed_s": round(time.perf_counter() - t0, 3),
         "warnings": warnings,
     }
     meta["config_hash"] = config_hash({k: meta[k] for k in ("ground_truth", "alpha", "rerank", "models", "fusion", "modes")})

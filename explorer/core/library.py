@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 
 from . import fusion
 from .config import Settings
 from .errors import ExplorerError
-from .index import SyncReport, VectorIndex
+from .index import NO_INDEX_FILE, SyncReport, VectorIndex
 from .models.registry import ModelLoader
-from .store import CaptionRow, ImageRow, Store, VectorRow, caption_rank
+from .store import CaptionRow, ImageRow, Meta, Store, VectorRow, caption_rank
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,9 @@ class CheckReport:
     removed_orphans: int = 0
 
     def lines(self) -> list[str]:
-        out = [f"index {name}: {r}" for name, r in self.repairs.items() if r.added or r.deleted or r.rebuilt]
+        # an index that is merely not written yet (nothing stored for it) is not a repair
+        out = [f"index {name}: {r}" for name, r in self.repairs.items()
+               if r.added or r.deleted or (r.rebuilt and r.reason != NO_INDEX_FILE)]
         if self.removed_orphans:
             out.append(f"removed {self.removed_orphans} incomplete image rows")
         return out
@@ -80,7 +82,8 @@ class Library:
                 vi = VectorIndex(self.dir / "indices", f"caption--{slug(tx.model_id)}", tx.dim, {"text": tx.model_id})
             elif mode == "fused":
                 dim = im.dim if self.shared_space else im.dim + tx.dim
-                src = {"image": im.model_id, "text": tx.model_id, "alpha": self.alpha, "weights": "v1"}
+                src = {"image": im.model_id, "text": tx.model_id, "alpha": self.alpha, "weights": "agreement-v1",
+                       "agreement_version": self.store.get_meta("agreement_version") or "0"}
                 vi = VectorIndex(self.dir / "indices", f"fused--{slug(im.model_id)}--{slug(tx.model_id)}", dim, src)
             else:
                 raise ExplorerError(f"unknown index mode '{mode}'")
@@ -144,6 +147,43 @@ class Library:
                 vi.save()
         return reports
 
+    def query_agreement(self, image_vec, caption_vec, exclude: set[int] = frozenset()) -> float:
+        """Agreement of a query's caption with its image, against this library's neighbourhoods."""
+        k = fusion.AGREEMENT_K
+        a = [i for i in self.index("image").search(image_vec, k + len(exclude))[0].tolist() if i not in exclude][:k]
+        b = [i for i in self.index("caption").search(caption_vec, k + len(exclude))[0].tolist() if i not in exclude][:k]
+        return float(fusion.neighbourhood_agreement([a], [b], k)[0])
+
+    def refresh_agreement(self) -> int:
+        """Recompute every image's caption agreement from the current indices.
+
+        Neighbourhoods change as a library grows, so this runs at the end of an indexing run
+        that changed anything. The fused index depends on it: bumping ``agreement_version``
+        in the same transaction makes the next sync rebuild it, also after a crash.
+        """
+        img, cap = self.index("image"), self.index("caption")
+        ids = np.array(sorted(img.live_ids() & cap.live_ids()), np.int64)
+        if len(ids) < 2:
+            return 0
+        k = min(fusion.AGREEMENT_K + 1, len(ids))
+        agreement = np.zeros(len(ids), np.float32)
+        for s in range(0, len(ids), 2048):
+            chunk = ids[s:s + 2048]
+            with img.lock, cap.lock:
+                img.index.set_ef(max(img.ef, k))
+                cap.index.set_ef(max(cap.ef, k))
+                ni = img.index.knn_query(np.asarray(img.index.get_items(chunk), np.float32), k=k)[0]
+                nc = cap.index.knn_query(np.asarray(cap.index.get_items(chunk), np.float32), k=k)[0]
+            a = [[x for x in row if x != iid][: k - 1] for row, iid in zip(ni.tolist(), chunk.tolist())]
+            b = [[x for x in row if x != iid][: k - 1] for row, iid in zip(nc.tolist(), chunk.tolist())]
+            agreement[s:s + len(chunk)] = fusion.neighbourhood_agreement(a, b, k - 1)
+        with self.store.Session.begin() as s:
+            s.execute(update(ImageRow), [{"id": int(i), "caption_agreement": float(a)} for i, a in zip(ids, agreement)])
+            ver = int(s.get(Meta, "agreement_version").value) + 1 if s.get(Meta, "agreement_version") else 1
+            s.merge(Meta(key="agreement_version", value=str(ver)))
+        self._indices.pop("fused", None)
+        return len(ids)
+
     def check(self) -> CheckReport:
         """Make database and indices agree; report what had to be repaired."""
         report = CheckReport()
@@ -166,10 +206,12 @@ class Library:
                 caps = {}
                 for row in s.scalars(select(CaptionRow).where(CaptionRow.image_id.in_(common.tolist()))):
                     caps.setdefault(row.image_id, []).append(row)
+                agreement = dict(s.execute(select(ImageRow.id, ImageRow.caption_agreement).where(ImageRow.id.in_(common.tolist()))).all()) \
+                    if len(common) <= 20000 else dict(s.execute(select(ImageRow.id, ImageRow.caption_agreement)).all())
             for j, iid in enumerate(common.tolist()):
                 best = min(caps.get(iid, []), key=lambda c: caption_rank(c.source), default=None)
                 if best is not None:
-                    weights[j] = fusion.caption_weight(best.source, best.confidence)
+                    weights[j] = fusion.caption_weight(best.source, best.confidence, agreement.get(iid))
         return GalleryVectors(common, mat_i, mat_c, weights)
 
     def close(self) -> None:

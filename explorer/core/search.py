@@ -218,8 +218,7 @@ class Searcher:
         scale = loaded.scale if spec.box is None else 1.0
         dets_orig = [Detection(d.label, d.score, tuple(v * scale for v in d.box)) for d in dets]
         return PreparedQuery(
-            spec, img_vec, cap, cap_vec, fusion.caption_weight(cap.source, cap.confidence), target, dets_orig,
-            (loaded.width, loaded.height), str(path.resolve()), t,
+            spec, img_vec, cap, cap_vec, 0.0, target, dets_orig, (loaded.width, loaded.height), str(path.resolve()), t,
         )
 
     # -- candidates and ranking ------------------------------------------------------------------
@@ -235,6 +234,10 @@ class Searcher:
             ids.update(cap_idx.search(pq.caption_vec, pool_k)[0].tolist())
         if pq.image_vec is not None and pq.caption_vec is not None:
             ids.update(fused_idx.search(fusion.fuse_query(pq.image_vec, pq.caption_vec, self.lib.alpha, self.lib.shared_space), pool_k)[0].tolist())
+        if pq.image_vec is not None and pq.caption is not None and pq.spec.image is not None:
+            self_ids = self._ids_of_path(pq.self_path)
+            agreement = self.lib.query_agreement(pq.image_vec, pq.caption_vec, self_ids)
+            pq.caption_weight = fusion.caption_weight(pq.caption.source, pq.caption.confidence, agreement)
         t_ann = time.perf_counter() - t0
         t0 = time.perf_counter()
         id_arr = np.array(sorted(ids), np.int64)
@@ -253,19 +256,29 @@ class Searcher:
         t_db = time.perf_counter() - t0
         return CandidatePool(id_arr, gi, gc, cos_img, cos_cap, weights, meta, {"ann": t_ann, "db_fetch": t_db})
 
+    def _ids_of_path(self, path: str | None) -> set[int]:
+        if not path:
+            return set()
+        import os
+
+        with self.lib.store.session() as s:
+            return set(s.scalars(select(ImageRow.id).where(ImageRow.path_key == os.fsencode(path))))
+
     def _fetch_meta(self, ids: list[int]) -> dict[int, dict]:
         out: dict[int, dict] = {i: {"path": "", "caption": "", "source": "", "weight": 0.0, "detections": [], "w": None, "h": None} for i in ids}
         if not ids:
             return out
         with self.lib.store.session() as s:
-            for r in s.execute(select(ImageRow.id, ImageRow.path, ImageRow.width, ImageRow.height).where(ImageRow.id.in_(ids))):
+            agreement = {}
+            for r in s.execute(select(ImageRow.id, ImageRow.path, ImageRow.width, ImageRow.height, ImageRow.caption_agreement).where(ImageRow.id.in_(ids))):
                 out[r[0]].update(path=r[1], w=r[2], h=r[3])
+                agreement[r[0]] = r[4]
             best: dict[int, CaptionRow] = {}
             for c in s.scalars(select(CaptionRow).where(CaptionRow.image_id.in_(ids))):
                 if c.image_id not in best or caption_rank(c.source) < caption_rank(best[c.image_id].source):
                     best[c.image_id] = c
             for i, c in best.items():
-                out[i].update(caption=c.text, source=c.source, weight=fusion.caption_weight(c.source, c.confidence))
+                out[i].update(caption=c.text, source=c.source, weight=fusion.caption_weight(c.source, c.confidence, agreement.get(i)))
             for d in s.scalars(select(DetectionRow).where(DetectionRow.image_id.in_(ids))):
                 out[d.image_id]["detections"].append({"label": d.label, "score": round(d.score, 4), "box": [round(v, 1) for v in d.box]})
         return out

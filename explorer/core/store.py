@@ -64,6 +64,8 @@ class ImageRow(Base):
     status: Mapped[str] = mapped_column(String(16), default="ok", index=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     indexed_at: Mapped[float] = mapped_column(Float, default=time.time)
+    #: Neighbourhood agreement of the active caption with the image (see fusion.caption_weight).
+    caption_agreement: Mapped[float | None] = mapped_column(Float, nullable=True)
     #: The detector whose output is stored (also when it found nothing).
     detector_model: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
