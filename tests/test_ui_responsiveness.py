@@ -1,0 +1,85 @@
+"""The GUI thread never stalls while ≥500 images index in the background."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from PIL import Image
+
+pytest.importorskip("PySide6")
+
+from PySide6.QtCore import QSettings, QTimer  # noqa: E402
+
+from explorer.core.library import Library  # noqa: E402
+from explorer.ui.app import restore_threads, tune_threads_for_gui  # noqa: E402
+from explorer.ui.main_window import MainWindow  # noqa: E402
+
+N_IMAGES = 500
+#: 100 ms is the target; the bound asserted is looser because the 2 CPU cores of CI are shared
+#: with the indexer's own threads (torch, decoding, SQLite); the measured figure is printed.
+MAX_STALL_MS = float(os.environ.get("EXPLORER_UI_MAX_STALL_MS", "250"))
+
+
+@pytest.fixture(scope="module")
+def small_images(tmp_path_factory, sample_gallery):
+    """500 different 64x64 crops of the sample photos, in 10 sub-folders."""
+    out = tmp_path_factory.mktemp("many") / "many"
+    photos = sorted(p for p in sample_gallery.rglob("*.jpg") if "_" not in p.stem)
+    n = 0
+    for i, src in enumerate(photos * 100):
+        if n >= N_IMAGES:
+            break
+        with Image.open(src) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            step = (n // len(photos)) * 7
+            x, y = (step * 13) % max(1, w - 64), (step * 29) % max(1, h - 64)
+            d = out / f"part{n % 10}"
+            d.mkdir(parents=True, exist_ok=True)
+            im.crop((x, y, x + 64, y + 64)).save(d / f"img{n:04d}.jpg", quality=90)
+        n += 1
+    return out
+
+
+def test_main_thread_never_stalls_while_indexing(qtbot, tmp_path, loader, small_images):
+    lib_dir = tmp_path / "lib"
+    settings = loader.settings.__class__(library=str(lib_dir))
+    lib = Library(lib_dir, settings, loader=loader)
+    old = tune_threads_for_gui()  # what run_app does
+    win = MainWindow(settings, library=lib, qsettings=QSettings(str(tmp_path / "ui.ini"), QSettings.Format.IniFormat),
+                     gallery=str(small_images))
+    qtbot.addWidget(win)
+    win.show()
+    try:
+        qtbot.waitUntil(lambda: win.warm, timeout=60_000)
+        gaps: list[float] = []
+        last = [time.perf_counter()]
+
+        def beat():
+            now = time.perf_counter()
+            gaps.append(now - last[0])
+            last[0] = now
+
+        timer = QTimer()
+        timer.setInterval(10)
+        timer.timeout.connect(beat)
+        timer.start()
+        t0 = time.perf_counter()
+        with qtbot.waitSignal(win.indexFinished, timeout=400_000) as blocker:
+            win.index_folder(str(small_images))
+        timer.stop()
+        elapsed = time.perf_counter() - t0
+        summary = blocker.args[0]
+        assert summary is not None and summary.indexed == N_IMAGES, win.last_error
+        # the grid filled in while indexing and shows every image at the end
+        qtbot.waitUntil(lambda: win.gallery_model.rowCount() == N_IMAGES, timeout=30_000)
+        gaps_ms = sorted(g * 1000 for g in gaps[1:])
+        worst = gaps_ms[-1]
+        p99 = gaps_ms[int(len(gaps_ms) * 0.99)]
+        print(f"\nindexed {N_IMAGES} images in {elapsed:.1f} s ({N_IMAGES / elapsed:.1f} img/s); heartbeat every 10 ms: "
+              f"{len(gaps_ms)} beats, max gap {worst:.1f} ms, p99 {p99:.1f} ms, median {gaps_ms[len(gaps_ms) // 2]:.1f} ms")
+        assert worst <= MAX_STALL_MS
+    finally:
+        restore_threads(old)
