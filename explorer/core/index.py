@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 M = 16
 EF_CONSTRUCTION = 200
 DEFAULT_EF = 128
+NO_INDEX_FILE = "no index file yet"
 
 
 @dataclass
@@ -78,7 +79,7 @@ class VectorIndex:
     def load(self) -> str | None:
         """Load from disk; returns a reason string when the files are missing or unusable."""
         if not self.path.is_file() or not self.manifest_path.is_file():
-            return "no index file yet"
+            return NO_INDEX_FILE
         try:
             m = json.loads(self.manifest_path.read_text())
             manifest = Manifest(**m)
@@ -179,6 +180,11 @@ class VectorIndex:
                 report.added += int(sel.sum())
             self.manifest.seq_high = max(self.manifest.seq_high, high)
             return report
+
+    def get_vectors(self, ids) -> np.ndarray:
+        """The stored vectors of ``ids`` (under the lock: indexing may resize the index meanwhile)."""
+        with self.lock:
+            return np.asarray(self.index.get_items(np.asarray(ids, np.int64)), np.float32).reshape(len(ids), self.dim)
 
     # -- search ---------------------------------------------------------------------
     def search(self, query: np.ndarray, k: int, ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +57,7 @@ class Library:
             raise ExplorerError(f"cannot open library at {self.dir}: {str(e).splitlines()[0]}") from None
         self.alpha = fusion.DEFAULT_ALPHA
         self._indices: dict[str, VectorIndex] = {}
+        self._indices_lock = threading.RLock()  # GUI workers may ask for an index at the same time
 
     # model facts come from the loaded models, so they are loaded lazily
     @property
@@ -74,6 +76,10 @@ class Library:
     # -- indices ------------------------------------------------------------------------
     def index(self, mode: str) -> VectorIndex:
         """The ANN index of a mode: ``image``, ``caption`` or ``fused``."""
+        with self._indices_lock:
+            return self._index_locked(mode)
+
+    def _index_locked(self, mode: str) -> VectorIndex:
         if mode not in self._indices:
             im, tx = self.image_model, self.text_model
             if mode == "image":
@@ -172,8 +178,8 @@ class Library:
             with img.lock, cap.lock:
                 img.index.set_ef(max(img.ef, k))
                 cap.index.set_ef(max(cap.ef, k))
-                ni = img.index.knn_query(np.asarray(img.index.get_items(chunk), np.float32), k=k)[0]
-                nc = cap.index.knn_query(np.asarray(cap.index.get_items(chunk), np.float32), k=k)[0]
+                ni = img.index.knn_query(img.get_vectors(chunk), k=k)[0]
+                nc = cap.index.knn_query(cap.get_vectors(chunk), k=k)[0]
             a = [[x for x in row if x != iid][: k - 1] for row, iid in zip(ni.tolist(), chunk.tolist())]
             b = [[x for x in row if x != iid][: k - 1] for row, iid in zip(nc.tolist(), chunk.tolist())]
             agreement[s:s + len(chunk)] = fusion.neighbourhood_agreement(a, b, k - 1)
@@ -181,7 +187,8 @@ class Library:
             s.execute(update(ImageRow), [{"id": int(i), "caption_agreement": float(a)} for i, a in zip(ids, agreement)])
             ver = int(s.get(Meta, "agreement_version").value) + 1 if s.get(Meta, "agreement_version") else 1
             s.merge(Meta(key="agreement_version", value=str(ver)))
-        self._indices.pop("fused", None)
+        with self._indices_lock:
+            self._indices.pop("fused", None)
         return len(ids)
 
     def check(self) -> CheckReport:

@@ -244,8 +244,7 @@ class Searcher:
         live_img, live_cap = img_idx.live_ids(), cap_idx.live_ids()
         id_arr = np.array([i for i in id_arr if i in live_img and i in live_cap], np.int64)
         if len(id_arr):
-            gi = np.asarray(img_idx.index.get_items(id_arr), np.float32)
-            gc = np.asarray(cap_idx.index.get_items(id_arr), np.float32)
+            gi, gc = img_idx.get_vectors(id_arr), cap_idx.get_vectors(id_arr)
         else:
             gi = np.zeros((0, self.lib.image_model.dim), np.float32)
             gc = np.zeros((0, self.lib.text_model.dim), np.float32)
