@@ -94,7 +94,58 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_caption(args) -> int:
+    import os
+
+    from sqlalchemy import select
+
+    from .cli import open_library
+    from .core.edits import active_caption, set_user_caption
+    from .core.errors import ExplorerError
+    from .core.store import ImageRow
+
+    lib = open_library(args, must_exist=True)
+    key = os.fsencode(os.path.realpath(args.image))
+    with lib.store.session() as s:
+        iid = s.scalar(select(ImageRow.id).where(ImageRow.path_key == key))
+    if iid is None:
+        raise ExplorerError(f"{args.image} is not in the library at {lib.dir}; index its folder first")
+    if args.text is not None:
+        set_user_caption(lib, iid, args.text)
+    cap = active_caption(lib, iid)
+    print(f"{cap.text}  [{cap.source}]" if cap else "(no caption)")
+    return 0
+
+
+def cmd_import_gt(args) -> int:
+    from .cli import open_library
+    from .core.evaluation import load_ground_truth
+    from .core.gt_import import import_ground_truth
+
+    lib = open_library(args, must_exist=True)
+    gt = load_ground_truth(args.gt)
+    counts = import_ground_truth(lib, gt, captions=not args.no_captions, boxes=not args.no_boxes)
+    print(f"{counts['matched']} images matched: {counts['captions']} captions and {counts['boxes']} boxes imported as ground truth"
+          + (f"; {counts['not_in_library']} annotated images are not in the library" if counts["not_in_library"] else ""))
+    return 0
+
+
 def register(sub, add_library_option, add_model_options) -> None:
+    s = sub.add_parser("caption", help="show an image's caption, or set your own (empty text removes your edit)")
+    add_library_option(s)
+    add_model_options(s)
+    s.add_argument("image", metavar="PATH")
+    s.add_argument("text", nargs="?", help="the new caption; \"\" removes your edit")
+    s.set_defaults(func=cmd_caption)
+
+    s = sub.add_parser("import-gt", help="use ground-truth captions and boxes (e.g. COCO) in the library")
+    add_library_option(s)
+    add_model_options(s)
+    s.add_argument("--gt", required=True, metavar="SPEC", help="coco:FILE (or any ground-truth spec with captions/boxes)")
+    s.add_argument("--no-captions", action="store_true")
+    s.add_argument("--no-boxes", action="store_true")
+    s.set_defaults(func=cmd_import_gt)
+
     s = sub.add_parser("eval", help="evaluate image-only vs caption-fused retrieval against ground truth",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Ground truth forms: folders:DIR (one label per sub-folder), csv:FILE (image,label or "

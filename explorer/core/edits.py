@@ -35,48 +35,72 @@ def set_user_caption(library, image_id: int, text: str) -> None:
     ground truth, generated), which is re-embedded too. Raises ``ExplorerError`` when the image
     is not in the library or is not indexed.
     """
-    image_id = int(image_id)
     text = " ".join((text or "").split())
     if len(text) > MAX_CAPTION_CHARS:
         raise ExplorerError(f"caption too long ({len(text)} characters, at most {MAX_CAPTION_CHARS})")
-    with library.store.session() as s:
-        row = s.get(ImageRow, image_id)
-        if row is None:
-            raise ExplorerError(f"image {image_id} is not in the library at {library.dir}")
-        if row.status != "ok":
-            raise ExplorerError(f"{row.path} is not indexed ({row.error or row.status}); fix the file and index again")
-        others = [c for c in s.scalars(select(CaptionRow).where(CaptionRow.image_id == image_id)) if c.source != USER_SOURCE]
-    if text:
-        to_embed = text
-    else:
-        fallback = min(others, key=lambda c: caption_rank(c.source), default=None)
-        to_embed = fallback.text if fallback is not None else None
+    set_captions(library, [(int(image_id), text)], USER_SOURCE, USER_MODEL_ID, strict=True)
 
+
+def set_captions(library, items, source: str, model_id: str, strict: bool = False, batch: int = 64) -> int:
+    """Store captions of one ``source`` for many images and re-embed each image's active caption.
+
+    ``items`` are ``(image_id, text)``; empty text removes that source's caption. The active
+    caption (most trusted source) is what gets embedded, so a ground-truth import does not
+    override a user's edit. Images not indexed are skipped, or raise with ``strict``.
+    Returns how many images were updated.
+    """
     text_model = library.loader.get("text")
-    vec = None
-    if to_embed is not None:
-        vec = np.ascontiguousarray(text_model.embed_texts([to_embed])[0], np.float32)
-
     store = library.store
-    with store.Session.begin() as s:
-        existing = s.scalar(select(CaptionRow).where(CaptionRow.image_id == image_id, CaptionRow.source == USER_SOURCE))
-        if text:
-            if existing is None:
-                s.add(CaptionRow(image_id=image_id, source=USER_SOURCE, text=text, model_id=USER_MODEL_ID, confidence=1.0))
-            else:
-                existing.text, existing.model_id, existing.confidence = text, USER_MODEL_ID, 1.0
-        elif existing is not None:
-            s.delete(existing)
-        cur = s.scalar(select(VectorRow).where(VectorRow.image_id == image_id, VectorRow.kind == "caption",
-                                               VectorRow.model_id == text_model.model_id))
-        if vec is None:
-            if cur is not None:
-                s.execute(delete(VectorRow).where(VectorRow.id == cur.id))
-        else:
+    items = [(int(i), " ".join((t or "").split())) for i, t in items]
+    done = 0
+    for start in range(0, len(items), batch):
+        chunk = items[start:start + batch]
+        ids = [i for i, _ in chunk]
+        with store.session() as s:
+            rows = {r.id: r for r in s.scalars(select(ImageRow).where(ImageRow.id.in_(ids)))}
+            caps: dict[int, list[CaptionRow]] = {}
+            for c in s.scalars(select(CaptionRow).where(CaptionRow.image_id.in_(ids))):
+                caps.setdefault(c.image_id, []).append(c)
+        plan = []
+        for image_id, text in chunk:
+            row = rows.get(image_id)
+            if row is None or row.status != "ok":
+                if strict:
+                    why = "is not in the library at " + str(library.dir) if row is None else \
+                        f"is not indexed ({row.error or row.status}); fix the file and index again"
+                    raise ExplorerError(f"{'image ' + str(image_id) if row is None else row.path} {why}")
+                continue
+            after = {c.source: c.text for c in caps.get(image_id, []) if c.source != source}
+            if text:
+                after[source] = text
+            active = after[min(after, key=caption_rank)] if after else None
+            plan.append((image_id, text, active))
+        to_embed = [a for _, _, a in plan if a is not None]
+        vecs = iter(text_model.embed_texts(to_embed)) if to_embed else iter(())
+        with store.Session.begin() as s:
             seq = store.next_seq(s)
-            if cur is None:
-                s.add(VectorRow(image_id=image_id, kind="caption", model_id=text_model.model_id, dim=vec.size,
-                                data=vec.tobytes(), seq=seq))
-            else:
-                cur.data, cur.dim, cur.seq = vec.tobytes(), vec.size, seq
+            for image_id, text, active in plan:
+                existing = s.scalar(select(CaptionRow).where(CaptionRow.image_id == image_id, CaptionRow.source == source))
+                if text:
+                    if existing is None:
+                        s.add(CaptionRow(image_id=image_id, source=source, text=text, model_id=model_id, confidence=1.0))
+                    else:
+                        existing.text, existing.model_id, existing.confidence = text, model_id, 1.0
+                elif existing is not None:
+                    s.delete(existing)
+                cur = s.scalar(select(VectorRow).where(VectorRow.image_id == image_id, VectorRow.kind == "caption",
+                                                       VectorRow.model_id == text_model.model_id))
+                if active is None:
+                    if cur is not None:
+                        s.execute(delete(VectorRow).where(VectorRow.id == cur.id))
+                    continue
+                vec = np.ascontiguousarray(next(vecs), np.float32)
+                if cur is None:
+                    s.add(VectorRow(image_id=image_id, kind="caption", model_id=text_model.model_id, dim=vec.size,
+                                    data=vec.tobytes(), seq=seq))
+                else:
+                    cur.data, cur.dim, cur.seq = vec.tobytes(), vec.size, seq
+                seq += 1
+                done += 1
     library.sync_indices()
+    return done
