@@ -35,7 +35,14 @@ def cmd_search(args) -> int:
     if args.alpha is not None:
         if not 0.0 <= args.alpha <= 1.0:
             raise BadQuery(f"--alpha must be in [0, 1], got {args.alpha}")
-    searcher = Searcher(lib)
+    head = None
+    if args.head:
+        from .core.learned import load_head
+
+        head = load_head(args.head, lib)
+        if args.mode == "all":
+            modes = MODES + ("learned",)
+    searcher = Searcher(lib, head=head)
     spec = QuerySpec(image=args.image, text=args.text, modifier=args.modify, box=parse_box(args.box), caption=args.caption)
     res = searcher.search(spec, modes=modes, k=args.k, alpha=args.alpha, rerank=args.rerank)
     if args.json:
@@ -130,7 +137,64 @@ def cmd_import_gt(args) -> int:
     return 0
 
 
+def cmd_train_fusion(args) -> int:
+    import sys
+
+    from .cli import open_library
+    from .core.learned import train_fusion
+
+    lib = open_library(args, must_exist=True)
+
+    def progress(p):
+        if not args.quiet:
+            bits = [p.phase]
+            if p.epoch:
+                bits.append(f"epoch {p.epoch}/{p.epochs}")
+            if p.total:
+                bits.append(f"{p.done}/{p.total}")
+            if p.loss is not None:
+                bits.append(f"loss {p.loss:.4f}")
+            if p.val_map is not None:
+                bits.append(f"val mAP {p.val_map:.4f}")
+            if p.message:
+                bits.append(p.message)
+            print("  ".join(bits), file=sys.stderr)
+
+    report = train_fusion(
+        lib, args.gt, args.out, epochs=args.epochs, val_split=args.val_split, seed=args.seed, arcface=not args.no_arcface,
+        lambda_nce=args.lambda_nce, lambda_box=args.lambda_box, use_boxes=False if args.no_boxes else "auto",
+        use_caption=not args.no_caption_token, arch=args.arch, patience=args.patience, threads=args.threads, progress=progress,
+    )
+    print("\n".join(report.lines()))
+    if args.json:
+        import json as _json
+
+        with open(args.json, "w", encoding="utf-8") as f:
+            _json.dump(report.to_dict(), f, indent=2)
+    return 0
+
+
 def register(sub, add_library_option, add_model_options) -> None:
+    s = sub.add_parser("train-fusion", help="train a learned fusion head on a labelled gallery (frozen backbones, cached features)")
+    add_library_option(s)
+    add_model_options(s)
+    s.add_argument("--gt", required=True, metavar="SPEC", help="labelled ground truth, e.g. folders:DIR")
+    s.add_argument("--out", required=True, metavar="FILE.safetensors", help="where to save the head, e.g. models/fusion-shop.safetensors")
+    s.add_argument("--epochs", type=int, default=30)
+    s.add_argument("--val-split", type=float, default=0.2, help="fraction of labels held out for validation (open-set)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-arcface", action="store_true", help="ablation: switch off the ArcFace term")
+    s.add_argument("--lambda-nce", type=float, default=0.5, help="weight of the image-caption InfoNCE term (0 = off)")
+    s.add_argument("--lambda-box", type=float, default=0.2, help="weight of the box-label term (0 = off)")
+    s.add_argument("--no-boxes", action="store_true", help="no box tokens")
+    s.add_argument("--no-caption-token", action="store_true", help="no caption token")
+    s.add_argument("--arch", choices=["attention", "mlp"], default="attention")
+    s.add_argument("--patience", type=int, default=6, help="early stopping patience (epochs)")
+    s.add_argument("--threads", type=int, help="torch threads (1 is fastest on a busy 2-core machine)")
+    s.add_argument("--json", metavar="FILE", help="write the training report as JSON")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_train_fusion)
+
     s = sub.add_parser("caption", help="show an image's caption, or set your own (empty text removes your edit)")
     add_library_option(s)
     add_model_options(s)
@@ -182,5 +246,6 @@ def register(sub, add_library_option, add_model_options) -> None:
     s.add_argument("--alpha", type=float, help="caption fusion weight in [0, 1] (default: the library's)")
     s.add_argument("--rerank", default="none", choices=["none", "aqe"], help="aqe: alpha-query expansion")
     s.add_argument("--captions", action="store_true", help="print each hit's caption")
+    s.add_argument("--head", metavar="FILE", help="a trained fusion head (adds mode 'learned')")
     s.add_argument("--json", action="store_true", help="stable JSON output (schema retrieval-explorer/search/v1)")
     s.set_defaults(func=cmd_search)

@@ -196,7 +196,7 @@ def run_evaluation(
         if mode == "fused":
             return [_fused_matrices(Qv, Gv, a, Qv.weights)]
         if mode == "learned":
-            from .learned.io import learned_vectors_for_eval
+            from .learned import learned_vectors_for_eval
 
             L = learned_vectors_for_eval(learned_head, library, vecs.ids.tolist())
             return [(L[qi], L[gi])]

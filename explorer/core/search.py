@@ -72,6 +72,11 @@ class PreparedQuery:
     size: tuple[int, int] | None = None
     self_path: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    #: the query's learned-fusion embedding, when the searcher has a head
+    learned_vec: np.ndarray | None = None
+    #: the decoded (possibly cropped) query image and its raw detections, for box features
+    work_image: object = None
+    work_detections: list[Detection] = field(default_factory=list)
 
 
 @dataclass
@@ -155,11 +160,20 @@ def edit_caption(caption: str, modifier: str) -> str:
 class Searcher:
     """Runs queries against one library. Thread-safe for reads; models are shared with indexing."""
 
-    def __init__(self, library: Library):
+    def __init__(self, library: Library, head=None):
+        """``head``: an optional trained fusion head (``explorer.core.learned``), adding mode ``learned``."""
         self.lib = library
+        self.head = head
         if library.store.count_images() == 0:
             raise BadQuery(f"the library at {library.dir} has no indexed images: run `explorer index FOLDER --library {library.dir}` first")
         self.repairs = library.check().lines()  # load the indices and make them agree with the database
+        self.learned_ids = self.learned_vecs = None
+        if head is not None:
+            from .learned import embed_gallery
+
+            ids, vecs = embed_gallery(head, library)
+            self.learned_ids, self.learned_vecs = np.asarray(ids, np.int64), np.asarray(vecs, np.float32)
+            self._learned_row = {int(i): r for r, i in enumerate(self.learned_ids.tolist())}
 
     # -- preparing ------------------------------------------------------------------------------
     def prepare(self, spec: QuerySpec) -> PreparedQuery:
@@ -219,6 +233,7 @@ class Searcher:
         dets_orig = [Detection(d.label, d.score, tuple(v * scale for v in d.box)) for d in dets]
         return PreparedQuery(
             spec, img_vec, cap, cap_vec, 0.0, target, dets_orig, (loaded.width, loaded.height), str(path.resolve()), t,
+            work_image=image, work_detections=dets,
         )
 
     # -- candidates and ranking ------------------------------------------------------------------
@@ -238,6 +253,15 @@ class Searcher:
             self_ids = self._ids_of_path(pq.self_path)
             agreement = self.lib.query_agreement(pq.image_vec, pq.caption_vec, self_ids)
             pq.caption_weight = fusion.caption_weight(pq.caption.source, pq.caption.confidence, agreement)
+        if self.head is not None and pq.work_image is not None:
+            from .learned import embed_query, query_box_features
+
+            bf = query_box_features(self.lib, pq.work_image, pq.work_detections) if self.head.cfg.use_boxes else None
+            w = 1.0 if pq.target_text is not None else pq.caption_weight
+            pq.learned_vec = np.asarray(embed_query(self.head, pq.image_vec, pq.caption_vec, bf, w), np.float32)
+            sims = self.learned_vecs @ pq.learned_vec
+            top = np.argpartition(-sims, min(pool_k, len(sims) - 1))[:pool_k] if len(sims) else []
+            ids.update(self.learned_ids[top].tolist())
         t_ann = time.perf_counter() - t0
         t0 = time.perf_counter()
         id_arr = np.array(sorted(ids), np.int64)
@@ -303,8 +327,15 @@ class Searcher:
                 scores = fusion.fused_scores(pool.cos_img, pool.cos_cap, MODIFIER_WEIGHT, 1.0, np.ones_like(pool.weights))
             else:
                 scores = fusion.fused_scores(pool.cos_img, pool.cos_cap, alpha, pq.caption_weight, pool.weights)
+        elif mode == "learned":
+            if self.head is None:
+                raise BadQuery("mode 'learned' needs a trained fusion head (--head models/fusion-NAME.safetensors)")
+            if pq.learned_vec is None:
+                raise BadQuery("mode 'learned' needs an image query")
+            rows = [self._learned_row.get(int(i)) for i in pool.ids.tolist()]
+            scores = np.array([self.learned_vecs[r] @ pq.learned_vec if r is not None else -np.inf for r in rows], np.float32)
         else:
-            raise BadQuery(f"unknown mode '{mode}'; choose from {', '.join(MODES)}")
+            raise BadQuery(f"unknown mode '{mode}'; choose from {', '.join(MODES + ('learned',))}")
         scores = np.asarray(scores, np.float32).copy()
         if pq.self_path is not None:
             for j, i in enumerate(pool.ids.tolist()):
