@@ -326,3 +326,18 @@ def test_indexing_can_be_cancelled(qtbot, tmp_path, loader, gallery_copy):
     assert "Cancelled" in win.status_label.text()
     assert win.index_button.isEnabled() and win.index_worker is None
     qtbot.waitUntil(lambda: win.gallery_model.rowCount() == summary.indexed, timeout=30_000)
+
+
+def test_learned_column_after_loading_a_fusion_head(qtbot, window, lib, sample_gallery, tmp_path):
+    from explorer.core.learned import train_fusion
+
+    head = tmp_path / "fusion-test.safetensors"
+    train_fusion(lib, f"folders:{sample_gallery}", head, epochs=1, threads=1)
+    assert not window.learned_check.isEnabled()
+    run_drop(qtbot, window, sample_gallery / "cat" / "chelsea.jpg")
+    window.load_head(str(head))  # loads in a worker, then re-runs the current query with the head
+    learned = window.results.columns["learned"]
+    qtbot.waitUntil(lambda: learned.model.rowCount() == window.k(), timeout=QUERY_TIMEOUT)
+    assert window.learned_check.isChecked() and not learned.isHidden()
+    assert names(learned)[0].startswith("chelsea_")
+    assert "learned" in window.result.modes and "image_vs_learned" in window.result.comparisons

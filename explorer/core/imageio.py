@@ -90,6 +90,8 @@ def load_image(path: str | os.PathLike, max_side: int | None = WORK_SIDE) -> Loa
         raise BadImage(f"corrupt or truncated image: {str(e).splitlines()[0][:120] if str(e) else type(e).__name__}") from None
     except MemoryError:
         raise BadImage("image too large to decode in memory") from None
+    except Exception as e:  # noqa: BLE001 - decoders raise TypeError, KeyError, struct.error... on corrupt files
+        raise BadImage(f"corrupt image ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'no details'})") from None
     if orientation in (5, 6, 7, 8):
         w, h = h, w
     if max_side and max(rgb.size) > max_side:
@@ -110,6 +112,8 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         import numpy as np
 
         a = np.asarray(im, dtype=np.float32)
-        hi = float(a.max()) or 1.0
-        return Image.fromarray((a / hi * 255).astype("uint8")).convert("RGB")
+        # 16-bit data has a known range: map it as such, so a dark photo stays dark (the same as
+        # its 8-bit twin); 32-bit integer data has none, so it is scaled to its brightest pixel
+        hi = 65535.0 if im.mode.startswith("I;16") else (float(a.max()) or 1.0)
+        return Image.fromarray(np.clip(a / hi * 255 + 0.5, 0, 255).astype("uint8")).convert("RGB")
     return im.convert("RGB")

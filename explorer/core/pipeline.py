@@ -7,8 +7,10 @@ Stages, overlapped so the models never wait on the disk:
 2. **plan** against the database: unchanged files are skipped (size + mtime, then the
    content hash when those disagree), changed files are redone under the same image id so
    index entries are replaced, vanished files are removed, and a model change only
-   recomputes what that model produces;
+   recomputes what that model produces; a file that failed before is reported again without
+   retrying it, unless it changed or the failure was about access (permission, vanished file);
 3. **decode** in a thread pool (hash + safe decode), a bounded window ahead of the models;
+   any failure there is recorded against the file and never stops the run;
 4. **model** batches in the calling thread: detect, caption, embed image, embed caption;
 5. **commit** one transaction per batch (rows, captions, detections, vectors together) and
    sync the hnswlib indices every few seconds and at the end.
@@ -42,6 +44,9 @@ from .models.base import Caption, Detection
 from .store import CaptionRow, DetectionRow, ImageRow, ModelRow, RunRow, VectorRow, caption_rank
 
 HASH_CHUNK = 1 << 20
+#: Failures about access rather than content (a chmod or a file being replaced does not change the
+#: size or mtime): such files are retried on every run, unlike files whose bytes are bad.
+RETRY_ERRORS = ("permission denied", "cannot read", "file not found")
 MAX_NAME_DISPLAY = 4096
 
 
@@ -254,6 +259,11 @@ class Indexer:
                 prefix = root.rstrip(b"/") + b"/"
                 q = select(ImageRow).where(ImageRow.path_key >= prefix, ImageRow.path_key < prefix[:-1] + b"0")
                 rows.update({r.path_key: r for r in s.scalars(q)})
+            # files reached through a symlink may resolve outside every root: look them up by path,
+            # or they would be inserted a second time (the path is unique)
+            outside = [p for p in seen if p not in rows]
+            for i in range(0, len(outside), 500):
+                rows.update({r.path_key: r for r in s.scalars(select(ImageRow).where(ImageRow.path_key.in_(outside[i:i + 500])))})
             # vanished files (not below an unreadable folder) are removed
             blocked = [u.rstrip(b"/") + b"/" for u in result.unreadable]
             gone = [r for k, r in rows.items() if k not in seen and not any(k.startswith(b) for b in blocked)]
@@ -274,7 +284,7 @@ class Indexer:
                     work.append(Work(path, st, None, user_caption=user))
                     continue
                 same_stat = row.size == st.st_size and row.mtime_ns == st.st_mtime_ns
-                if row.status != "ok" and not same_stat:
+                if row.status != "ok" and (not same_stat or (row.error or "").startswith(RETRY_ERRORS)):
                     work.append(Work(path, st, row.id, user_caption=user))
                     continue
                 if row.status != "ok":
@@ -317,6 +327,8 @@ class Indexer:
             d.error = "permission denied"
         except OSError as e:
             d.error = f"cannot read file: {e.strerror or e}"
+        except Exception as e:  # noqa: BLE001 - one unreadable file must never stop the run
+            d.error = f"cannot decode: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
         return d
 
     # -- running -------------------------------------------------------------------------------------
@@ -341,7 +353,7 @@ class Indexer:
         emit(Progress("loading models"))
         detector, captioner, image_enc, text_enc = self._models()
         self._record_models()
-        self.lib.check()
+        summary.repairs = self.lib.check().lines()
         emit(Progress("scanning", elapsed=time.monotonic() - t0))
         result = scan(roots, cancel)
         summary.scanned = len(result.files)
@@ -367,6 +379,9 @@ class Indexer:
             summary.cancelled = cancel.is_set()
             emit(Progress("saving", prog.done, prog.total, prog.failed, prog.skipped, prog.elapsed))
             self.lib.sync_indices(save=True)
+            if summary.indexed or summary.removed:
+                self.lib.refresh_agreement()  # neighbourhoods changed: caption weights follow
+                self.lib.sync_indices(save=True)
             summary.elapsed = time.monotonic() - t0
             self._finish_run(run_id, summary)
         emit(Progress("done", prog.done, prog.total, prog.failed, prog.skipped, prog.elapsed))
@@ -430,7 +445,10 @@ class Indexer:
         if need_cap:
             stored = self._stored_detections([d for d in need_cap if id(d) not in dets])
             items = [(id(d), d.loaded.image) for d in need_cap]
-            det_lists = [dets.get(id(d), stored.get(d.work.image_id, [])) for d in need_cap]
+            # stored boxes are in original pixels; the captioner works on the decoded (smaller) image
+            det_lists = [dets[id(d)] if id(d) in dets else
+                         [Detection(x.label, x.score, tuple(v / d.loaded.scale for v in x.box)) for x in stored.get(d.work.image_id, [])]
+                         for d in need_cap]
             try:
                 res = captioner.caption([x for _, x in items], det_lists)
             except Exception:  # noqa: BLE001
@@ -520,7 +538,7 @@ class Indexer:
                 s.flush()
                 if key in dets:
                     scale = d.loaded.scale
-                    s.execute(delete(DetectionRow).where(DetectionRow.image_id == row.id))
+                    s.execute(delete(DetectionRow).where(DetectionRow.image_id == row.id, DetectionRow.model_id != "ground-truth"))
                     for det in dets[key]:
                         x1, y1, x2, y2 = (v * scale for v in det.box)
                         s.add(DetectionRow(image_id=row.id, model_id=det_id, label=det.label, score=det.score, x1=x1, y1=y1, x2=x2, y2=y2))
@@ -545,7 +563,10 @@ class Indexer:
                     else:
                         existing.data, existing.dim, existing.seq = v.tobytes(), v.size, seq
                     seq += 1
-                summary.indexed += 1
+                if w.full or key in dets or key in caps or key in img_vecs or key in txt_vecs:
+                    summary.indexed += 1
+                else:  # e.g. touched: the hash showed the same bytes, nothing was recomputed
+                    summary.unchanged += 1
 
     # -- bookkeeping ----------------------------------------------------------------------------------
     def _record_models(self) -> None:

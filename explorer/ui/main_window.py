@@ -309,6 +309,10 @@ class MainWindow(QMainWindow):
         self.rerank_combo.currentIndexChanged.connect(lambda _: self.rerank())
         self.caption_check = QCheckBox("Caption-only column")
         self.caption_check.toggled.connect(self._on_caption_column)
+        self.learned_check = QCheckBox("Learned column")
+        self.learned_check.setEnabled(False)
+        self.learned_check.setToolTip("Load a trained fusion head (File ▸ Load fusion head…) to compare the learned-fused mode")
+        self.learned_check.toggled.connect(self._on_learned_column)
         self.boxes_check = QCheckBox("Boxes")
         self.boxes_check.setChecked(True)
         self.boxes_check.setToolTip("Show detected objects on every image")
@@ -324,6 +328,7 @@ class MainWindow(QMainWindow):
         ctl.addWidget(self.rerank_combo)
         ctl.addSpacing(8)
         ctl.addWidget(self.caption_check)
+        ctl.addWidget(self.learned_check)
         ctl.addWidget(self.boxes_check)
         g.addLayout(ctl, 3, 0, 1, 4)
 
@@ -357,6 +362,9 @@ class MainWindow(QMainWindow):
         a.triggered.connect(lambda: self.index_folder())
         m.addAction(a)
         m.addSeparator()
+        a = QAction("Load fusion head…", self)
+        a.triggered.connect(self.choose_head)
+        m.addAction(a)
         a = QAction("Settings…", self)
         a.setShortcut(QKeySequence("Ctrl+,"))
         a.triggered.connect(self.open_settings)
@@ -682,7 +690,10 @@ class MainWindow(QMainWindow):
         return int(self.k_combo.currentData())
 
     def modes(self) -> tuple[str, ...]:
-        return ("image", "fused", "caption") if self.caption_check.isChecked() else ("image", "fused")
+        modes = ("image", "fused", "caption") if self.caption_check.isChecked() else ("image", "fused")
+        if self.learned_check.isChecked() and self.prepared is not None and self.prepared.learned_vec is not None:
+            modes += ("learned",)
+        return modes
 
     def query_image(self, path: str) -> None:
         """An image dropped or chosen: image query, or composed with the text box as modifier."""
@@ -832,7 +843,7 @@ class MainWindow(QMainWindow):
         if not res.comparisons:
             self.stats_label.setText("")
             return
-        names = {"image": "image", "fused": "fused", "caption": "caption"}
+        names = {"image": "image", "fused": "fused", "caption": "caption", "learned": "learned"}
         head, ov, rho = [], [], []
         for key, c in res.comparisons.items():
             a, b = key.split("_vs_")
@@ -851,6 +862,31 @@ class MainWindow(QMainWindow):
         self.alpha_value.setText(f"{v / 100:.2f}")
         self.results.set_alpha(v / 100, composed=bool(self.prepared and self.prepared.target_text))
         self.rerank()
+
+    def _on_learned_column(self, on: bool) -> None:
+        self.results.show_learned_column(on)
+        self.rerank()
+
+    def choose_head(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load a trained fusion head", "models", "Fusion heads (*.safetensors)")
+        if path:
+            self.load_head(path)
+
+    def load_head(self, path: str) -> None:
+        """Load a head in a worker (it embeds the gallery), then show the learned column."""
+        if self.session is None:
+            self.show_error("no library is open: choose one in Settings")
+            return
+        self.status_label.setText(f"Loading fusion head {os.path.basename(path)}…")
+
+        def done(name: str) -> None:
+            self.learned_check.setEnabled(True)
+            self.learned_check.setChecked(True)
+            self.info(f"Fusion head {name} loaded: the learned-fused column compares it with image-only")
+            if self.current_spec is not None:
+                self.run_query(self.current_spec, new_image=False)
+
+        self.tasks.start(self.session.load_head, path, on_result=done, on_error=self.show_error, name="load head")
 
     def _on_caption_column(self, on: bool) -> None:
         self.results.show_caption_column(on)

@@ -9,8 +9,8 @@ from .delegates import ResultDelegate
 from .models import IdRole, ResultsModel
 from .thumbnails import ThumbnailLoader
 
-TITLES = {"image": "Image only", "fused": "Caption-fused", "caption": "Caption only"}
-COMPARE = {"image": "fused", "fused": "image", "caption": "image"}
+TITLES = {"image": "Image only", "fused": "Caption-fused", "caption": "Caption only", "learned": "Learned-fused"}
+COMPARE = {"image": "fused", "fused": "image", "caption": "image", "learned": "image"}
 
 
 class ResultColumn(QWidget):
@@ -75,12 +75,13 @@ class ResultsPanel(QWidget):
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.setChildrenCollapsible(False)
         self.columns: dict[str, ResultColumn] = {}
-        for mode in ("image", "fused", "caption"):
+        for mode in ("image", "fused", "caption", "learned"):
             col = ResultColumn(mode, thumbs, self.delegate)
             col.activated.connect(self.activated)
             self.columns[mode] = col
             self.splitter.addWidget(col)
         self.columns["caption"].hide()
+        self.columns["learned"].hide()
         lay.addWidget(self.splitter)
         self.set_alpha(0.3)
 
@@ -92,6 +93,9 @@ class ResultsPanel(QWidget):
 
     def show_caption_column(self, on: bool) -> None:
         self.columns["caption"].setVisible(on)
+
+    def show_learned_column(self, on: bool) -> None:
+        self.columns["learned"].setVisible(on)
 
     def set_show_boxes(self, on: bool) -> None:
         self.delegate.show_boxes = on

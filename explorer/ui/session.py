@@ -55,6 +55,7 @@ class Session:
             self.library = Library(settings.library, settings, loader=self.loader)
         self._searcher = None
         self._lock = threading.Lock()
+        self.head = None  # a trained fusion head, adding the "learned" mode
 
     # -- called from workers -----------------------------------------------------------------
     def warm_up(self) -> list[str]:
@@ -69,8 +70,19 @@ class Session:
 
         with self._lock:
             if self._searcher is None:
-                self._searcher = Searcher(self.library)
+                self._searcher = Searcher(self.library, head=self.head)
             return self._searcher
+
+    def load_head(self, path: str) -> str:
+        """Load a fusion head and rebuild the searcher with it (embeds the gallery: run in a worker)."""
+        from ..core.learned import load_head
+        from ..core.search import Searcher
+
+        head = load_head(path, self.library)
+        searcher = Searcher(self.library, head=head)
+        with self._lock:
+            self.head, self._searcher = head, searcher
+        return os.path.basename(path)
 
     def reset_searcher(self) -> None:
         with self._lock:
