@@ -1,8 +1,9 @@
 """A library: one folder holding the database, the ANN indices and caches.
 
-``Library.open`` also runs the consistency check: every index is synced against the vectors
-stored in the database (adding what is missing, deleting what is gone, rebuilding a missing
-or corrupt index file), and what was repaired is reported.
+``Library.check`` (run by the indexer, the searcher and ``explorer check``) makes the indices
+agree with the database: each index is synced against the stored vectors (adding what is
+missing, deleting what is gone, rebuilding a missing or corrupt index file), and what was
+repaired is reported.
 """
 
 from __future__ import annotations

@@ -274,8 +274,8 @@ class Indexer:
             have_img = set(s.scalars(select(VectorRow.image_id).where(VectorRow.kind == "image", VectorRow.model_id == image_enc.model_id)))
             have_txt = set(s.scalars(select(VectorRow.image_id).where(VectorRow.kind == "caption", VectorRow.model_id == text_enc.model_id)))
             caps: dict[int, dict[str, CaptionRow]] = {}
-            if ids:
-                for c in s.scalars(select(CaptionRow)):
+            for i in range(0, len(ids), 500):  # only this run's folders, not the whole library
+                for c in s.scalars(select(CaptionRow).where(CaptionRow.image_id.in_(ids[i:i + 500]))):
                     caps.setdefault(c.image_id, {})[c.source] = c
             for path, st in result.files:
                 user = self._user_caption(path, path in result.sidecars)
