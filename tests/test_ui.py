@@ -16,6 +16,7 @@ pytest.importorskip("PySide6")
 from PySide6.QtCore import QMimeData, QPointF, QSettings, Qt, QUrl  # noqa: E402
 from PySide6.QtGui import QDragEnterEvent, QDropEvent  # noqa: E402
 
+from explorer.core import fusion  # noqa: E402
 from explorer.core.library import Library  # noqa: E402
 from explorer.core.store import ImageRow  # noqa: E402
 from explorer.ui.main_window import MainWindow  # noqa: E402
@@ -81,7 +82,7 @@ def test_drop_runs_query_and_fills_both_columns(qtbot, window, sample_gallery):
     assert window.drop_zone.image is not None and window.drop_zone.detections
     assert "cup" in window.caption_edit.text()
     assert "overlap@10" in window.stats_label.text() and "Spearman" in window.stats_label.text()
-    assert window.results.columns["fused"].header.text() == "Caption-fused (α = 0.30)"
+    assert window.results.columns["fused"].header.text() == f"Caption-fused (α = {fusion.DEFAULT_ALPHA:.2f})"
     # rank-change badges come from the other column
     hit = fused.model.hits[0]
     assert hit.other_ranks.get("image") is not None
@@ -95,17 +96,19 @@ def test_drop_runs_query_and_fills_both_columns(qtbot, window, sample_gallery):
 def test_alpha_slider_reranks_fused_column_live(qtbot, window, sample_gallery):
     run_drop(qtbot, window, sample_gallery / "coffee" / "coffee.jpg")
     fused = window.results.columns["fused"]
-    before = fused.names()
     image_before = window.results.columns["image"].names()
     prepared = window.prepared
-    window.alpha_slider.setValue(80)  # synchronous: no worker, no re-encoding
+    window.alpha_slider.setValue(0)  # synchronous: no worker, no re-encoding
+    before = fused.names()
+    assert before == image_before  # alpha 0 is image-only
+    window.alpha_slider.setValue(100)
     after = fused.names()
     assert window.prepared is prepared
     assert after != before
-    expect = window.searcher.rank(window.prepared, window.pool, "fused", window.k(), 0.8)
+    expect = window.searcher.rank(window.prepared, window.pool, "fused", window.k(), 1.0)
     assert after == [h.path for h in expect.hits]
     assert window.results.columns["image"].names() == image_before
-    assert window.results.columns["fused"].header.text() == "Caption-fused (α = 0.80)"
+    assert window.results.columns["fused"].header.text() == "Caption-fused (α = 1.00)"
     # k selector
     window.k_combo.setCurrentIndex(window.k_combo.findData(5))
     assert fused.model.rowCount() == 5

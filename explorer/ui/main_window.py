@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDia
                                QHeaderView, QLabel, QLineEdit, QListView, QMainWindow, QMenu, QProgressBar, QPushButton,
                                QSlider, QSplitter, QTabWidget, QTreeView, QVBoxLayout, QWidget)
 
+from ..core import fusion
 from ..core.config import Settings
 from ..core.errors import BadQuery, ExplorerError
 from ..core.imageio import IMAGE_EXTENSIONS, is_image_path
@@ -291,7 +292,7 @@ class MainWindow(QMainWindow):
         ctl.setSpacing(8)
         self.alpha_slider = QSlider(Qt.Orientation.Horizontal)
         self.alpha_slider.setRange(0, 100)
-        self.alpha_slider.setValue(30)
+        self.alpha_slider.setValue(round(fusion.DEFAULT_ALPHA * 100))
         self.alpha_slider.setMinimumWidth(160)
         self.alpha_slider.setToolTip("Caption fusion weight α: 0 = image only, 1 = caption only (re-ranks live)")
         self.alpha_value = QLabel("0.30")
@@ -307,9 +308,10 @@ class MainWindow(QMainWindow):
         self.rerank_combo.addItem("α-QE", "aqe")
         self.rerank_combo.setToolTip("Re-ranking: α-query expansion averages the query with its top neighbours")
         self.rerank_combo.currentIndexChanged.connect(lambda _: self.rerank())
-        self.caption_check = QCheckBox("Caption-only column")
+        self.caption_check = QCheckBox("Caption-only")
+        self.caption_check.setToolTip("Show a third column: caption-only retrieval (text to text)")
         self.caption_check.toggled.connect(self._on_caption_column)
-        self.learned_check = QCheckBox("Learned column")
+        self.learned_check = QCheckBox("Learned")
         self.learned_check.setEnabled(False)
         self.learned_check.setToolTip("Load a trained fusion head (File ▸ Load fusion head…) to compare the learned-fused mode")
         self.learned_check.toggled.connect(self._on_learned_column)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from PySide6.QtCore import QModelIndex, Qt, Signal
 from PySide6.QtWidgets import QAbstractItemView, QLabel, QListView, QSplitter, QVBoxLayout, QWidget
 
+from ..core import fusion
 from .delegates import ResultDelegate
 from .models import IdRole, ResultsModel
 from .thumbnails import ThumbnailLoader
@@ -83,7 +84,7 @@ class ResultsPanel(QWidget):
         self.columns["caption"].hide()
         self.columns["learned"].hide()
         lay.addWidget(self.splitter)
-        self.set_alpha(0.3)
+        self.set_alpha(fusion.DEFAULT_ALPHA)
 
     def set_alpha(self, alpha: float, composed: bool = False) -> None:
         if composed:
