@@ -70,3 +70,17 @@ def gallery_copy(tmp_path, sample_gallery) -> Path:
     dst = tmp_path / "gallery"
     shutil.copytree(sample_gallery, dst)
     return dst
+
+
+@pytest.fixture
+def library_copy(tmp_path, indexed_sample, loader):
+    """A private, writable copy of the session's indexed sample library (that one is read-only)."""
+    from dataclasses import replace
+
+    from explorer.core.library import Library
+
+    dst = tmp_path / "lib"
+    shutil.copytree(indexed_sample.dir, dst)
+    lib = Library(dst, replace(loader.settings, library=str(dst)), loader=loader)
+    yield lib
+    lib.close()

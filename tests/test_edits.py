@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import pytest
@@ -16,13 +15,8 @@ from explorer.core.store import CaptionRow, ImageRow, VectorRow
 
 
 @pytest.fixture
-def lib(tmp_path, indexed_sample, loader):
-    """A private copy of the session's indexed sample library (that one is read-only)."""
-    dst = tmp_path / "lib"
-    shutil.copytree(indexed_sample.dir, dst)
-    lib = Library(dst, loader.settings.__class__(library=str(dst)), loader=loader)
-    yield lib
-    lib.close()
+def lib(library_copy):
+    return library_copy
 
 
 def _image(lib, name):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -25,11 +24,8 @@ QUERY_TIMEOUT = 60_000
 
 
 @pytest.fixture
-def lib(tmp_path, indexed_sample, loader):
-    dst = tmp_path / "lib"
-    shutil.copytree(indexed_sample.dir, dst)
-    lib = Library(dst, loader.settings.__class__(library=str(dst)), loader=loader)
-    yield lib
+def lib(library_copy):
+    return library_copy
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ from typing import Callable, Iterator
 import numpy as np
 from sqlalchemy import delete, select
 
-from .captions import CaptionsFile, read_sidecar, sidecar_path
+from .captions import CaptionsFile, read_sidecar
 from .errors import BadImage, ExplorerError
 from .imageio import LoadedImage, is_image_path, load_image
 from .library import Library
@@ -416,7 +416,6 @@ class Indexer:
     def _process(self, batch: list[Decoded], summary: IndexSummary, detector, captioner, image_enc, text_enc) -> None:
         good = [d for d in batch if d.error is None]
         pix = [d for d in good if d.loaded is not None]
-        images = [d.loaded.image for d in pix]
         errors: dict[int, str] = {}
 
         def guarded(fn, items, what):

