@@ -66,6 +66,8 @@ class VectorIndex:
         self.manifest_path = self.directory / f"{name}.json"
         self.manifest = Manifest(name, dim, source=source or {})
         self.index: hnswlib.Index | None = None
+        #: searchable labels, kept up to date by upsert/delete (hnswlib can only list all labels, O(n))
+        self._live: set[int] = set()
         self.lock = threading.RLock()
         self.ef = DEFAULT_EF
 
@@ -94,6 +96,7 @@ class VectorIndex:
         except Exception as e:  # noqa: BLE001 - a corrupt cache is simply rebuilt
             return f"unreadable index file ({e})"
         self.index, self.manifest = idx, manifest
+        self._live = set(idx.get_ids_list()) - set(manifest.deleted)
         return None
 
     def save(self) -> None:
@@ -112,12 +115,11 @@ class VectorIndex:
 
     # -- contents -----------------------------------------------------------------
     def live_ids(self) -> set[int]:
-        if self.index is None:
-            return set()
-        return set(self.index.get_ids_list()) - set(self.manifest.deleted)
+        """The searchable labels (the index's own set: do not modify it)."""
+        return self._live
 
     def __len__(self) -> int:
-        return len(self.live_ids()) if self.index is not None else 0
+        return len(self._live)
 
     def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         with self.lock:
@@ -129,6 +131,7 @@ class VectorIndex:
             if need > self.index.get_max_elements():
                 self.index.resize_index(max(need, int(self.index.get_max_elements() * 1.5)))
             self.index.add_items(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64), num_threads=1)
+            self._live.update(int(i) for i in ids)
             if self.manifest.deleted:
                 back = set(int(i) for i in ids)
                 self.manifest.deleted = [d for d in self.manifest.deleted if d not in back]
@@ -149,6 +152,7 @@ class VectorIndex:
                 except RuntimeError:
                     pass  # already deleted or never added: the goal holds either way
                 deleted.add(i)
+                self._live.discard(i)
             self.manifest.deleted = sorted(deleted)
         return n
 
@@ -165,14 +169,15 @@ class VectorIndex:
                 if reason:
                     report.rebuilt, report.reason = True, reason
                     self.manifest.seq_high, self.manifest.deleted = 0, []
+                    self._live = set()
             ids, vecs, high = changed(self.manifest.seq_high)
             if len(ids):
                 self.upsert(ids, vecs)
                 report.added = len(ids)
-            stale = self.live_ids() - live
+            stale = self._live - live
             if stale:
                 report.deleted = self.delete(stale)
-            missing = live - self.live_ids()
+            missing = live - self._live
             if missing:  # only after a lost manifest update; re-add from the source
                 ids2, vecs2, _ = changed(-1)
                 sel = np.isin(ids2, np.fromiter(missing, np.int64))

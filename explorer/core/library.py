@@ -169,7 +169,8 @@ class Library:
         in the same transaction makes the next sync rebuild it, also after a crash.
         """
         img, cap = self.index("image"), self.index("caption")
-        ids = np.array(sorted(img.live_ids() & cap.live_ids()), np.int64)
+        with img.lock, cap.lock:
+            ids = np.array(sorted(img.live_ids() & cap.live_ids()), np.int64)
         if len(ids) < 2:
             return 0
         k = min(fusion.AGREEMENT_K + 1, len(ids))
