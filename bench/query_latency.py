@@ -1,0 +1,889 @@
+"""Query latency and ANN quality at 10k / 100k (and optionally 1M) gallery images.
+
+In one process this script
+
+1. **warm end-to-end query latency**: for each gallery size it writes a synthetic library
+   straight into the database (``ImageRow``/``CaptionRow``/``DetectionRow``/``VectorRow`` with
+   SQLAlchemy bulk inserts), builds the three hnswlib indices (image 1280-d, caption 384-d,
+   fused 1664-d) with the library's own parameters, opens it with ``Searcher`` (whose
+   consistency check must find nothing to repair) and runs a real photo (scikit-image's
+   ``coffee.png``) through the real offline models and the whole search path: decode, detect,
+   caption, encode (model time) and ANN, DB fetch, rank, alpha-QE rerank (retrieval time).
+   Median and p90 over ``--queries`` warm queries (after ``--warmup`` untimed ones);
+2. **hnswlib recall@10 against exact brute force** on the same indices: 200 held-out vectors
+   from the same distribution, ef in (16, 32, 64, 128, 256, 512), recall@10 and per-query time,
+   the smallest ef reaching recall@10 >= 0.99 and what ``index.DEFAULT_EF`` achieves;
+3. with ``--million``: a 1M-vector hnswlib index (same M / ef_construction) against exact numpy
+   search of one query (``X @ q`` + ``argpartition``), at the smallest ef giving recall@10 >= 0.95,
+   and the resident memory of the index loaded from disk in a fresh subprocess (VmRSS delta);
+4. a Markdown summary table for the README.
+
+Synthetic data (see ``Mixture``): a two-level Gaussian mixture (60 object categories, ~100
+images per fine cluster, Dirichlet cluster sizes) in a 128-d latent space with a decaying
+spectrum, embedded in d dimensions, plus a shared offset direction (GeM features are all
+positive, so real image embeddings share a large mean component: the offset is the mean
+direction of the real encoder's embeddings of the scikit-image photos) and isotropic noise.
+The parameters were chosen so that, on 600 vectors, the statistics are close to the real
+encoder's embeddings of 600 Fashion-MNIST images (mean pairwise cosine ~0.45-0.55, mean
+nearest-neighbour cosine ~0.75-0.8, participation-ratio dimension ~30); the script prints them.
+Caption vectors are *real* MiniLM embeddings of structured-captioner captions (composed with
+``structured_captioner.compose`` from synthetic detections, ImageNet labels and colours); a
+fine cluster draws its images' captions from a few captions of its category, so identical
+captions (and hence identical caption vectors) recur, as they do with the structured captioner.
+
+    .venv/bin/python bench/query_latency.py --quick               # 10k only, smoke test
+    .venv/bin/python bench/query_latency.py                       # 10k and 100k
+    .venv/bin/python bench/query_latency.py --sizes 10000,100000 --million --json /tmp/qlat.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+QUERY_PHOTO = "coffee.png"
+EF_SWEEP = (16, 32, 64, 128, 256, 512)
+RECALL_QUERIES = 200
+RECALL_K = 10
+RECALL_TARGET = 0.99
+MILLION = 1_000_000
+MILLION_RECALL_TARGET = 0.95
+MILLION_SPEEDUP_TARGET = 50.0
+#: 1M build budget (minutes): a 1280-d build projected to take longer falls back to 384-d.
+MILLION_BUDGET_MIN = 25.0
+N_CATEGORIES = 60
+STAGES_MODEL = ("decode", "detect", "caption", "encode")
+STAGES_RETRIEVAL = ("ann", "db_fetch", "rank", "rerank")
+COCO = ("person", "bicycle", "car", "motorcycle", "bus", "truck", "boat", "bird", "cat", "dog", "horse", "sheep", "cow",
+        "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "skis", "kite",
+        "skateboard", "surfboard", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+        "sandwich", "orange", "broccoli", "carrot", "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed",
+        "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven",
+        "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear")
+COLOURS = ("black", "white", "grey", "red", "orange", "yellow", "green", "teal", "blue", "purple", "pink", "brown")
+SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "motorcycle_right.png", "rocket.jpg",
+                  "hubble_deep_field.jpg", "ihc.png", "retina.jpg", "brick.png", "grass.png", "gravel.png", "coins.png",
+                  "camera.png", "horse.png", "cell.png")
+
+T_START = time.monotonic()
+
+
+def log(msg: str) -> None:
+    el = time.monotonic() - T_START
+    print(f"[{int(el // 60):3d}:{int(el % 60):02d}] {msg}", flush=True)
+
+
+def fmt_s(s: float) -> str:
+    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+def vm_rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def mem_available_gib() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024 / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def pct(xs, q) -> float:
+    return float(np.percentile(np.asarray(xs, float), q)) if len(xs) else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------
+# synthetic data
+
+
+class Mixture:
+    """Two-level Gaussian mixture of unit vectors (see the module docstring).
+
+    ``sample`` draws images (and their fine cluster and category) from the same fixed
+    clusters, so vectors drawn later are held-out samples of the same distribution.
+    """
+
+    def __init__(self, dim: int, n_clusters: int, offset: np.ndarray | None, seed: int, n_cat: int = N_CATEGORIES,
+                 rank: int = 128, a: float = 1.7, s_cat: float = 1.0, s_fine: float = 0.6, s_item: float = 0.9,
+                 s_iso: float = 0.9):
+        rng = np.random.default_rng(seed)
+        self.dim, self.rank, self.a, self.s_item, self.s_iso = dim, rank, a, s_item, s_iso
+        if offset is None:  # a positive direction, as for GeM features
+            offset = np.abs(rng.standard_normal(dim))
+        self.offset = (np.asarray(offset, np.float64) / np.linalg.norm(offset)).astype(np.float32)
+        self.P = np.linalg.qr(rng.standard_normal((dim, rank)))[0].T.astype(np.float32)  # rank x dim, orthonormal rows
+        spec = (np.arange(rank) + 1.0) ** -0.5
+        self.spec = (spec / np.sqrt((spec ** 2).sum())).astype(np.float32)
+        cat_c = rng.standard_normal((n_cat, rank)) * self.spec
+        self.cluster_cat = rng.integers(0, n_cat, n_clusters)
+        self.centres = (cat_c[self.cluster_cat] * s_cat + rng.standard_normal((n_clusters, rank)) * self.spec * s_fine).astype(np.float32)
+        self.weights = rng.dirichlet(np.full(n_clusters, 1.0))
+
+    def sample(self, n: int, rng: np.random.Generator, chunk: int = 50_000, progress: str | None = None):
+        out = np.empty((n, self.dim), np.float32)
+        clusters = rng.choice(len(self.centres), n, p=self.weights)
+        for s in range(0, n, chunk):
+            c = clusters[s:s + chunk]
+            lat = self.centres[c] + rng.standard_normal((len(c), self.rank), dtype=np.float32) * (self.spec * self.s_item)
+            x = lat @ self.P
+            x += self.a * self.offset
+            x += rng.standard_normal(x.shape, dtype=np.float32) * np.float32(self.s_iso / math.sqrt(self.dim))
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            out[s:s + len(c)] = x
+            if progress and (s // chunk) % 4 == 3:
+                log(f"{progress}: generated {s + len(c):,}/{n:,} vectors")
+        return out, clusters, self.cluster_cat[clusters]
+
+
+def neighbourhood_stats(x: np.ndarray, n: int = 2000) -> dict:
+    """Statistics of a sample, to compare with real embeddings (see the module docstring)."""
+    v = np.asarray(x[:n], np.float64)
+    s = v @ v.T
+    iu = np.triu_indices(len(v), 1)
+    np.fill_diagonal(s, -9)
+    srt = -np.sort(-s, axis=1)
+    ev = np.linalg.eigvalsh(np.cov(v.T))
+    return {"n": len(v), "mean_pair_cos": round(float(s[iu].mean()), 3), "nn1_cos": round(float(srt[:, 0].mean()), 3),
+            "nn10_cos": round(float(srt[:, 9].mean()), 3), "pr_dim": round(float(ev.sum() ** 2 / (ev ** 2).sum()), 1)}
+
+
+class CaptionBank:
+    """Distinct structured captions per category, embedded once with the real text encoder."""
+
+    def __init__(self, loader, n_proto: int, seed: int):
+        from explorer.core.models.base import ClassScore, Detection
+        from explorer.core.models.structured_captioner import compose
+
+        rng = np.random.default_rng(seed + 7)
+        imagenet = list(loader.get("classifier", "effnet-classifier").core.labels)
+        cat_labels = [[imagenet[j] for j in rng.choice(len(imagenet), 3, replace=False)] for _ in range(N_CATEGORIES)]
+        self.texts: list[str] = []
+        self.conf: list[float] = []
+        self.dets: list[list[tuple]] = []  # (label, score, box) in a 640 x 480 image
+        self.cat: list[int] = []
+        seen = set()
+        tries = 0
+        while len(self.texts) < n_proto and tries < n_proto * 50:
+            tries += 1
+            c = len(self.texts) % N_CATEGORIES
+            dets = []
+            if rng.random() < 0.8:
+                for j in range(1 + int(rng.random() < 0.25)):
+                    w, h = rng.uniform(40, 600), rng.uniform(40, 460)
+                    x, y = rng.uniform(0, 640 - w), rng.uniform(0, 480 - h)
+                    dets.append(Detection(COCO[c], float(rng.uniform(0.45, 0.99)), (x, y, x + w, y + h)))
+                if rng.random() < 0.3:
+                    dets.append(Detection(COCO[rng.integers(len(COCO))], float(rng.uniform(0.4, 0.9)), (0.0, 0.0, 320.0, 240.0)))
+            labels = [ClassScore(lab, float(rng.uniform(0.05, 0.6))) for lab in rng.permutation(cat_labels[c])[: rng.integers(0, 4)]]
+            colours = list(rng.choice(COLOURS, rng.integers(1, 4), replace=False))
+            text, conf = compose(dets, labels, colours, 640, 480)
+            if text in seen:
+                continue
+            seen.add(text)
+            self.texts.append(text)
+            self.conf.append(conf)
+            self.dets.append([(d.label, d.score, d.box) for d in dets])
+            self.cat.append(c)
+        self.cat_arr = np.array(self.cat)
+        text_enc = loader.get("text")
+        t0 = time.perf_counter()
+        vecs = []
+        for s in range(0, len(self.texts), 128):
+            vecs.append(np.asarray(text_enc.embed_texts(self.texts[s:s + 128]), np.float32))
+            if (s // 128) % 5 == 4:
+                log(f"caption bank: embedded {s + 128:,}/{len(self.texts):,} distinct captions")
+        self.vecs = np.concatenate(vecs)
+        self.embed_s = time.perf_counter() - t0
+        log(f"caption bank: {len(self.texts):,} distinct captions embedded with {text_enc.model_id} in {fmt_s(self.embed_s)}")
+
+    def assign(self, clusters: np.ndarray, cluster_cat: np.ndarray, n_proto: int, rng: np.random.Generator, per_cluster: int = 5):
+        """One caption prototype per image: each fine cluster draws from a few captions of its category."""
+        by_cat = [np.flatnonzero(self.cat_arr[:n_proto] == c) for c in range(N_CATEGORIES)]
+        table = np.array([rng.choice(by_cat[c], per_cluster) for c in cluster_cat], np.int64)
+        return table[clusters, rng.integers(0, per_cluster, len(clusters))]
+
+
+# ---------------------------------------------------------------------------------------------
+# the synthetic library
+
+
+def write_library(lib, img: np.ndarray, proto: np.ndarray, bank: CaptionBank, cats: np.ndarray, rng, model_ids: dict,
+                  chunk: int = 10_000) -> float:
+    """Bulk-insert ``len(img)`` images with captions, detections and vectors; returns seconds."""
+    from sqlalchemy import insert
+
+    from explorer.core.store import CaptionRow, DetectionRow, ImageRow, VectorRow
+
+    n = len(img)
+    agreement = rng.beta(2.0, 3.0, n)
+    cap_bytes = [v.tobytes() for v in bank.vecs]
+    t0 = time.perf_counter()
+    now = time.time()
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        images, caps, dets, vecs = [], [], [], []
+        for i in range(s, e):
+            iid = i + 1
+            p = int(proto[i])
+            folder = f"/synthetic/gallery/{COCO[cats[i]].replace(' ', '_')}"
+            path = f"{folder}/img_{iid:07d}.jpg"
+            images.append({"id": iid, "path_key": path.encode(), "path": path, "folder": folder, "size": 100_000 + iid,
+                           "mtime_ns": 1_700_000_000_000_000_000 + iid, "content_hash": f"{iid:032x}", "width": 640,
+                           "height": 480, "status": "ok", "error": None, "indexed_at": now,
+                           "caption_agreement": float(agreement[i]), "detector_model": model_ids["detector"]})
+            caps.append({"image_id": iid, "text": bank.texts[p], "source": "generated", "model_id": model_ids["captioner"],
+                         "confidence": bank.conf[p], "created_at": now})
+            for label, score, (x1, y1, x2, y2) in bank.dets[p]:
+                dets.append({"image_id": iid, "model_id": model_ids["detector"], "label": label, "score": score,
+                             "x1": x1, "y1": y1, "x2": x2, "y2": y2})
+            vecs.append({"image_id": iid, "kind": "image", "model_id": model_ids["image"], "dim": img.shape[1],
+                         "data": img[i].tobytes(), "seq": 2 * iid - 1})
+            vecs.append({"image_id": iid, "kind": "caption", "model_id": model_ids["text"], "dim": bank.vecs.shape[1],
+                         "data": cap_bytes[p], "seq": 2 * iid})
+        with lib.store.Session.begin() as sess:
+            sess.execute(insert(ImageRow), images)
+            sess.execute(insert(CaptionRow), caps)
+            if dets:
+                sess.execute(insert(DetectionRow), dets)
+            sess.execute(insert(VectorRow), vecs)
+        if (s // chunk) % 5 == 4 or e == n:
+            log(f"  db: {e:,}/{n:,} images written")
+    return time.perf_counter() - t0
+
+
+def build_indices(lib, threads: int) -> dict:
+    """Build the three indices exactly as ``VectorIndex.sync`` would (same vectors through
+    ``Library._changed``, same ``_new`` parameters, same manifest), but inserting with
+    ``threads`` threads instead of ``upsert``'s one, then save index + manifest."""
+    out = {}
+    for mode in ("image", "caption", "fused"):
+        vi = lib.index(mode)
+        t0 = time.perf_counter()
+        ids, vecs, high = lib._changed(mode)(0)
+        t_read = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        idx = vi._new(len(ids))
+        step = 20_000
+        for s in range(0, len(ids), step):
+            idx.add_items(np.ascontiguousarray(vecs[s:s + step], np.float32), ids[s:s + step], num_threads=threads)
+            if len(ids) > step and (s // step) % 2 == 1:
+                log(f"  {mode} index ({vecs.shape[1]}-d): {min(len(ids), s + step):,}/{len(ids):,} inserted")
+        t_build = time.perf_counter() - t0
+        with vi.lock:
+            vi.index = idx
+            vi.manifest.seq_high = int(high)
+            vi.manifest.deleted = []
+        vi.save()
+        out[mode] = {"dim": int(vecs.shape[1]), "n": int(len(ids)), "read_s": t_read, "build_s": t_build,
+                     "file_mib": vi.path.stat().st_size / 2 ** 20, "ids": ids, "vecs": vecs}
+        log(f"  {mode} index: {len(ids):,} x {vecs.shape[1]}-d built in {fmt_s(t_build)} ({threads} threads; "
+            f"reading the vectors from the db {fmt_s(t_read)}), file {out[mode]['file_mib']:.0f} MiB")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# measurements
+
+
+def exact_topk(gallery: np.ndarray, queries: np.ndarray, k: int, chunk: int = 100_000) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k rows (and scores) by inner product, chunked over the gallery."""
+    best_s = np.full((len(queries), 0), -np.inf, np.float32)
+    best_i = np.zeros((len(queries), 0), np.int64)
+    for s in range(0, len(gallery), chunk):
+        sc = queries @ gallery[s:s + chunk].T
+        kk = min(k, sc.shape[1])
+        part = np.argpartition(-sc, kk - 1, axis=1)[:, :kk]
+        best_s = np.concatenate([best_s, np.take_along_axis(sc, part, 1)], 1)
+        best_i = np.concatenate([best_i, part + s], 1)
+        if best_s.shape[1] > k:
+            keep = np.argpartition(-best_s, k - 1, axis=1)[:, :k]
+            best_s, best_i = np.take_along_axis(best_s, keep, 1), np.take_along_axis(best_i, keep, 1)
+    order = np.argsort(-best_s, axis=1)
+    return np.take_along_axis(best_i, order, 1), np.take_along_axis(best_s, order, 1)
+
+
+def tie_aware_recall(gallery: np.ndarray, queries: np.ndarray, ann_rows: np.ndarray, kth_score: np.ndarray, k: int) -> float:
+    """Fraction of the ANN top-k whose exact score reaches the exact k-th score (so that among
+    identical vectors, e.g. repeated captions, any of them counts as a correct neighbour)."""
+    hits = 0
+    for q, rows, th in zip(queries, ann_rows, kth_score):
+        rows = rows[rows >= 0]
+        if len(rows):
+            hits += min(k, int(((gallery[rows] @ q) >= th - 1e-5).sum()))
+    return hits / (k * len(queries))
+
+
+def exact_single_query_ms(gallery: np.ndarray, queries: np.ndarray, k: int, reps: int) -> list[float]:
+    """What a brute-force search of one query costs: ``X @ q`` and ``argpartition`` top-k."""
+    out = []
+    for q in queries[:reps]:
+        t0 = time.perf_counter()
+        s = gallery @ q
+        top = np.argpartition(-s, k - 1)[:k]
+        top = top[np.argsort(-s[top])]
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def ef_sweep(index, queries: np.ndarray, k: int, efs) -> dict[int, tuple[np.ndarray, list[float]]]:
+    """Labels of single-query, single-thread knn_query calls (as the app makes them) and their times."""
+    for q in queries[:20]:  # warm the caches
+        index.set_ef(max(efs[0], k))
+        index.knn_query(q.reshape(1, -1), k=k, num_threads=1)
+    out = {}
+    for ef in efs:
+        index.set_ef(max(ef, k))
+        labels = np.full((len(queries), k), -1, np.int64)
+        times = []
+        for j, q in enumerate(queries):
+            t0 = time.perf_counter()
+            lab, _ = index.knn_query(q.reshape(1, -1), k=k, num_threads=1)
+            times.append((time.perf_counter() - t0) * 1000)
+            labels[j] = lab[0]
+        out[ef] = (labels, times)
+    return out
+
+
+def recall_study(name: str, built: dict, queries: np.ndarray, vi, default_ef: int, exact_reps: int = 30) -> dict:
+    """recall@10 and per-query time of one library index against exact search, over the ef sweep."""
+    ids, gal = built["ids"], built["vecs"]
+    exact_rows, exact_scores = exact_topk(gal, queries, RECALL_K)
+    row_of = {int(i): r for r, i in enumerate(ids.tolist())}
+    sweep = ef_sweep(vi.index, queries, RECALL_K, EF_SWEEP)
+    res = {"dim": int(gal.shape[1]), "n": int(len(ids)), "ef": {}}
+    for ef, (labels, times) in sweep.items():
+        rows = np.vectorize(lambda x: row_of.get(int(x), -1), otypes=[np.int64])(labels)
+        rec = tie_aware_recall(gal, queries, rows, exact_scores[:, -1], RECALL_K)
+        res["ef"][ef] = {"recall": rec, "ms_median": pct(times, 50), "ms_p90": pct(times, 90)}
+    ex = exact_single_query_ms(gal, queries, RECALL_K, exact_reps)
+    res["exact_ms_median"] = pct(ex, 50)
+    ok = [ef for ef in EF_SWEEP if res["ef"][ef]["recall"] >= RECALL_TARGET]
+    res["min_ef_099"] = ok[0] if ok else None
+    # the app's own call: k = POOL_MIN (200) candidates, ef = max(DEFAULT_EF, k); recall@10 within them
+    from explorer.core.search import POOL_MIN
+
+    vi.index.set_ef(max(default_ef, POOL_MIN))
+    pool_lab, _ = vi.index.knn_query(queries, k=POOL_MIN, num_threads=1)
+    pool_rows = np.vectorize(lambda x: row_of.get(int(x), -1), otypes=[np.int64])(pool_lab)
+    hit = 0
+    for q, rows, th in zip(queries, pool_rows, exact_scores[:, -1]):
+        hit += min(RECALL_K, int(((gal[rows[rows >= 0]] @ q) >= th - 1e-5).sum()))
+    res["app_pool_recall10"] = hit / (RECALL_K * len(queries))
+    vi.index.set_ef(vi.ef)
+    log(f"  recall@10 {name} index ({res['dim']}-d, {res['n']:,}): " + ", ".join(
+        f"ef {ef}: {v['recall']:.3f} ({v['ms_median']:.2f} ms)" for ef, v in res["ef"].items())
+        + f"; exact numpy {res['exact_ms_median']:.2f} ms/query; app pool (k={POOL_MIN}, ef={max(default_ef, POOL_MIN)}) "
+        f"recall@10 {res['app_pool_recall10']:.3f}")
+    return res
+
+
+def time_queries(searcher, query_path: str, n_warm: int, n_timed: int) -> dict:
+    from explorer.core.search import MODES, QuerySpec
+
+    spec = QuerySpec(image=query_path)
+    alpha = searcher.lib.alpha
+    rows = []
+    for j in range(n_warm + n_timed):
+        t0 = time.perf_counter()
+        pq = searcher.prepare(spec)
+        pool = searcher.candidate_pool(pq, 10)
+        res_aqe = searcher.rank_all(pq, pool, MODES, 10, alpha, "aqe")
+        wall = time.perf_counter() - t0
+        res = searcher.rank_all(pq, pool, MODES, 10, alpha, "none")  # rank alone, outside the wall-clock
+        t = dict(res.timings)
+        t["rerank"] = max(0.0, res_aqe.timings["rank"] - t["rank"])
+        t["wall"] = wall
+        t["pool"] = len(pool.ids)
+        if j >= n_warm:
+            rows.append(t)
+        elif j == 0:
+            top = res_aqe.modes["fused"].hits[0] if res_aqe.modes["fused"].hits else None
+            log(f"  query caption: {pq.caption.text!r}; fused top-1: {top.caption if top else None!r}")
+    out = {}
+    for key in STAGES_MODEL + ("ann", "db_fetch", "rank", "rerank", "wall"):
+        xs = [r[key] * 1000 for r in rows]
+        out[key] = {"median": pct(xs, 50), "p90": pct(xs, 90)}
+    for group, keys in (("model", STAGES_MODEL), ("retrieval", STAGES_RETRIEVAL)):
+        xs = [sum(r[k] for k in keys) * 1000 for r in rows]
+        out[group] = {"median": pct(xs, 50), "p90": pct(xs, 90)}
+    out["pool_size"] = int(np.median([r["pool"] for r in rows]))
+    out["n"] = len(rows)
+    return out
+
+
+def ann_breakdown(searcher, query_path: str, reps: int = 20) -> dict:
+    """Where the 'ann' stage goes: raw hnswlib calls vs the VectorIndex.search wrapper, whose
+    ``len(self)`` builds the set of live ids (O(n)) on every call."""
+    from explorer.core import fusion
+    from explorer.core.search import POOL_MIN, QuerySpec
+
+    lib = searcher.lib
+    pq = searcher.prepare(QuerySpec(image=query_path))
+    qs = {"image": pq.image_vec, "caption": pq.caption_vec,
+          "fused": fusion.fuse_query(pq.image_vec, pq.caption_vec, lib.alpha, lib.shared_space)}
+    out = {}
+    for mode, q in qs.items():
+        vi = lib.index(mode)
+        raw, wrapped, live = [], [], []
+        for _ in range(reps):
+            vi.index.set_ef(max(vi.ef, POOL_MIN))
+            t0 = time.perf_counter()
+            vi.index.knn_query(np.asarray(q, np.float32).reshape(1, -1), k=POOL_MIN, num_threads=1)
+            raw.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            vi.search(q, POOL_MIN)
+            wrapped.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            vi.live_ids()
+            live.append(time.perf_counter() - t0)
+        out[mode] = {"knn_ms": pct(raw, 50) * 1000, "search_ms": pct(wrapped, 50) * 1000, "live_ids_ms": pct(live, 50) * 1000}
+    # the 'db_fetch' stage: vectors of the candidate pool from hnswlib, then the metadata from SQLite
+    pool = searcher.candidate_pool(pq, 10)
+    ids = pool.ids
+    gi, gc_, meta, fancy = [], [], [], []
+    img_idx, cap_idx = lib.index("image"), lib.index("caption")
+    mat = np.asarray(img_idx.index.get_items(ids), np.float32)
+    for _ in range(max(5, reps // 2)):
+        t0 = time.perf_counter()
+        img_idx.index.get_items(ids)
+        gi.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        cap_idx.index.get_items(ids)
+        gc_.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        searcher._fetch_meta(ids.tolist())
+        meta.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        mat[np.arange(len(ids))[::-1]]  # the same bytes gathered from a numpy matrix, for scale
+        fancy.append(time.perf_counter() - t0)
+    out["pool"] = {"n": int(len(ids)), "get_items_image_ms": pct(gi, 50) * 1000, "get_items_caption_ms": pct(gc_, 50) * 1000,
+                   "fetch_meta_ms": pct(meta, 50) * 1000, "numpy_gather_image_ms": pct(fancy, 50) * 1000}
+    # candidate_pool makes 5 VectorIndex.search calls (3 pools + 2 for the query's caption agreement)
+    # and 2 more live_ids() calls: 7 live-id sets per query
+    out["live_ids_per_query_ms"] = (3 * out["image"]["live_ids_ms"] + 3 * out["caption"]["live_ids_ms"] + out["fused"]["live_ids_ms"])
+    return out
+
+
+def search_path_recall(searcher, held_img, held_cap, held_proto, bank: CaptionBank, n_queries: int) -> dict:
+    """recall@10 of the app's own search path (candidate pool from the three indices, exact re-scoring,
+    default settings) against exact scoring of the whole gallery, per mode, for held-out queries."""
+    from explorer.core.models.base import Caption
+    from explorer.core.search import PreparedQuery, QuerySpec
+
+    lib = searcher.lib
+    gal = lib.gallery_vectors()
+    alpha = lib.alpha
+    out = {m: [] for m in ("image", "caption", "fused")}
+    for j in range(min(n_queries, len(held_img))):
+        p = int(held_proto[j])
+        cap = Caption(bank.texts[p], "generated", "structured-v1", bank.conf[p])
+        pq = PreparedQuery(QuerySpec(image="held-out"), held_img[j], cap, held_cap[j], 0.0)
+        pool = searcher.candidate_pool(pq, 10)  # sets pq.caption_weight from the query's agreement
+        ci, cc = gal.image @ held_img[j], gal.caption @ held_cap[j]
+        b = np.clip(alpha * pq.caption_weight * gal.weights, 0.0, 1.0)
+        exact = {"image": ci, "caption": cc, "fused": (1.0 - b) * ci + b * cc}
+        for mode in out:
+            th = np.partition(-exact[mode], RECALL_K - 1)[RECALL_K - 1] * -1
+            hits = searcher.rank(pq, pool, mode, RECALL_K, alpha).hits
+            out[mode].append(min(RECALL_K, sum(h.score >= th - 1e-5 for h in hits)) / RECALL_K)
+    return {m: float(np.mean(v)) for m, v in out.items()}
+
+
+def run_size(n: int, args, loader, bank: CaptionBank, offset: np.ndarray, work: Path, query_path: str) -> dict:
+    from explorer.core import index as index_mod
+    from explorer.core.config import Settings
+    from explorer.core.library import Library
+    from explorer.core.search import Searcher
+
+    log(f"=== gallery size {n:,} ===")
+    rng = np.random.default_rng(args.seed + n)
+    n_clusters = max(N_CATEGORIES, n // 100)
+    mix = Mixture(1280, n_clusters, offset, seed=args.seed + 1)
+    t0 = time.perf_counter()
+    img_all, clusters_all, cats_all = mix.sample(n + RECALL_QUERIES, rng)
+    n_proto = min(len(bank.texts), max(500, n // 30))
+    proto_all = bank.assign(clusters_all, mix.cluster_cat, n_proto, rng)
+    stats = neighbourhood_stats(img_all[:n], 600)
+    log(f"  synthetic image vectors: {n_clusters:,} fine clusters in {N_CATEGORIES} categories, {n_proto:,} distinct captions; "
+        f"generated in {fmt_s(time.perf_counter() - t0)}; sample of 600: mean pair cos {stats['mean_pair_cos']}, "
+        f"nn1 cos {stats['nn1_cos']}, nn10 cos {stats['nn10_cos']}, PR-dim {stats['pr_dim']}")
+    held_img, held_proto = img_all[n:], proto_all[n:]
+    img, proto, cats = img_all[:n], proto_all[:n], cats_all[:n]
+
+    lib_dir = work / f"lib-{n}"
+    lib = Library(lib_dir, Settings(library=str(lib_dir)), loader=loader)
+    out: dict = {"n": n, "stats": stats, "distinct_captions": n_proto}
+    try:
+        model_ids = {r: loader.get(r).model_id for r in ("image", "text", "captioner", "detector")}
+        out["db_write_s"] = write_library(lib, img, proto, bank, cats, rng, model_ids)
+        log(f"  database written in {fmt_s(out['db_write_s'])} ({(lib_dir / 'library.sqlite').stat().st_size / 2 ** 20:.0f} MiB)")
+        del img
+        built = build_indices(lib, args.threads)
+        out["build"] = {m: {k: v for k, v in b.items() if k not in ("ids", "vecs")} for m, b in built.items()}
+        t0 = time.perf_counter()
+        searcher = Searcher(lib)  # runs Library.check(): loads and syncs the indices
+        out["open_s"] = time.perf_counter() - t0
+        if searcher.repairs:
+            raise RuntimeError(f"the consistency check had to repair the bench-built indices: {searcher.repairs}")
+        log(f"  Searcher opened in {fmt_s(out['open_s'])} (consistency check: nothing to repair)")
+
+        log(f"  timing {args.warmup} warm-up + {args.queries} queries with {Path(query_path).name} ...")
+        out["latency"] = time_queries(searcher, query_path, args.warmup, args.queries)
+        lat = out["latency"]
+        log("  " + ", ".join(f"{k} {lat[k]['median']:.1f}" for k in STAGES_MODEL + STAGES_RETRIEVAL) + " ms (medians); "
+            f"model {lat['model']['median']:.0f} ms, retrieval {lat['retrieval']['median']:.1f} ms, "
+            f"wall {lat['wall']['median']:.0f} ms; candidate pool {lat['pool_size']} images")
+        out["ann_breakdown"] = ab = ann_breakdown(searcher, query_path)
+        pl = ab["pool"]
+        log(f"  db_fetch stage ({pl['n']} candidates): get_items image {pl['get_items_image_ms']:.1f} ms + caption "
+            f"{pl['get_items_caption_ms']:.1f} ms (a numpy gather of the same image rows: {pl['numpy_gather_image_ms']:.2f} ms), "
+            f"metadata from SQLite {pl['fetch_meta_ms']:.1f} ms")
+        log("  ann stage: " + ", ".join(f"{m}: knn_query {ab[m]['knn_ms']:.2f} ms, VectorIndex.search {ab[m]['search_ms']:.2f} ms, "
+                                        f"live_ids {ab[m]['live_ids_ms']:.2f} ms" for m in ("image", "caption", "fused")))
+
+        # recall on the same indices, 200 held-out queries from the same distribution
+        alpha = lib.alpha
+        held_cap = bank.vecs[held_proto]
+        from explorer.core import fusion
+
+        held_fused = np.stack([fusion.fuse_query(a, b, alpha, False) for a, b in zip(held_img, held_cap)])
+        out["recall"] = {}
+        for mode, q in (("image", held_img), ("caption", held_cap), ("fused", held_fused)):
+            out["recall"][mode] = recall_study(mode, built[mode], q, lib.index(mode), index_mod.DEFAULT_EF)
+        del built
+        t0 = time.perf_counter()
+        out["search_path_recall"] = sp = search_path_recall(searcher, held_img, held_cap, held_proto, bank, args.path_queries)
+        log(f"  search-path recall@10 (candidate pool + exact re-score, {args.path_queries} held-out queries): "
+            + ", ".join(f"{m} {v:.3f}" for m, v in sp.items()) + f" ({fmt_s(time.perf_counter() - t0)})")
+    finally:
+        lib.store.close()
+        lib._indices.clear()
+        shutil.rmtree(lib_dir, ignore_errors=True)
+        gc.collect()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 1M vectors
+
+
+def ann_worker(spec_json: str) -> int:
+    """Runs in a fresh process: load the saved index, measure VmRSS, sweep ef over the queries."""
+    import hnswlib
+
+    spec = json.loads(spec_json)
+    queries = np.load(spec["queries"])
+    gc.collect()
+    before = vm_rss_mib()
+    t0 = time.perf_counter()
+    idx = hnswlib.Index(space="ip", dim=spec["dim"])
+    idx.load_index(spec["index"], max_elements=0)
+    load_s = time.perf_counter() - t0
+    after = vm_rss_mib()
+    sweep = ef_sweep(idx, queries, spec["k"], spec["efs"])
+    np.savez(spec["out"], **{f"labels_{ef}": lab for ef, (lab, _) in sweep.items()},
+             **{f"times_{ef}": np.array(t) for ef, (_, t) in sweep.items()})
+    print(json.dumps({"rss_before_mib": before, "rss_after_mib": after, "load_s": load_s,
+                      "rss_after_queries_mib": vm_rss_mib()}), flush=True)
+    return 0
+
+
+def build_million(x: np.ndarray, dim: int, threads: int, budget_min: float, abort_if_over: bool, label: str):
+    """Insert ``x`` into a new index with the library's M / ef_construction. Returns (index, seconds)
+    or (None, projected_seconds) when the projected build time exceeds the budget."""
+    import hnswlib
+
+    from explorer.core.index import EF_CONSTRUCTION, M
+
+    idx = hnswlib.Index(space="ip", dim=dim)
+    idx.init_index(max_elements=len(x), ef_construction=EF_CONSTRUCTION, M=M)
+    n = len(x)
+    pilot, step = 50_000, 50_000
+    t0 = time.perf_counter()
+    last_t, last_n = t0, 0
+    s = 0
+    while s < n:
+        e = min(n, s + step)
+        idx.add_items(x[s:e], np.arange(s, e, dtype=np.int64), num_threads=threads)
+        now = time.perf_counter()
+        el = now - t0
+        recent = (e - last_n) / max(now - last_t, 1e-9)
+        last_t, last_n = now, e
+        # insertion slows as the graph grows, roughly with log(n)
+        proj = el + (n - e) / recent * (math.log(n) / math.log(max(e, 2)))
+        log(f"  {label}: {e:,}/{n:,} inserted, {recent:,.0f} vectors/s, elapsed {fmt_s(el)}, projected total {fmt_s(proj)}")
+        if abort_if_over and ((e == pilot and proj > budget_min * 60) or (e > pilot and proj > 1.5 * budget_min * 60)):
+            return None, proj
+        s = e
+    return idx, time.perf_counter() - t0
+
+
+def run_million(args, work: Path, offsets: dict) -> dict:
+    from explorer.core.index import DEFAULT_EF, EF_CONSTRUCTION, M
+
+    log(f"=== {MILLION:,} vectors (hnswlib M={M}, ef_construction={EF_CONSTRUCTION}, {args.threads} build threads) ===")
+    out: dict = {"n": MILLION, "attempts": []}
+    dims = [1280, 384] if args.million_dim == "auto" else [int(args.million_dim)]
+    for attempt, dim in enumerate(dims):
+        need_gib = MILLION * dim * 4 * 2.2 / 2 ** 30
+        avail = mem_available_gib()
+        if args.million_dim == "auto" and dim == 1280 and avail < need_gib + 2:
+            msg = f"1280-d needs ~{need_gib:.1f} GiB, only {avail:.1f} GiB available"
+            log(f"  skipping 1280-d: {msg}")
+            out["attempts"].append({"dim": dim, "result": "skipped", "why": msg})
+            continue
+        rng = np.random.default_rng(args.seed + 99 + dim)
+        mix = Mixture(dim, MILLION // 100, offsets.get(dim), seed=args.seed + 3 + dim)
+        t0 = time.perf_counter()
+        x, _, _ = mix.sample(MILLION + RECALL_QUERIES, rng, progress=f"1M x {dim}-d")
+        queries = np.ascontiguousarray(x[MILLION:])
+        x = x[:MILLION]
+        log(f"  {MILLION:,} x {dim}-d float32 generated in {fmt_s(time.perf_counter() - t0)} ({x.nbytes / 2 ** 30:.2f} GiB); "
+            f"sample of 600: {neighbourhood_stats(x, 600)}")
+        last = attempt == len(dims) - 1
+        idx, secs = build_million(x, dim, args.threads, args.million_budget, abort_if_over=not last, label=f"1M x {dim}-d")
+        if idx is None:
+            msg = f"projected build time {fmt_s(secs)} exceeds the {args.million_budget:.0f}-minute budget"
+            log(f"  giving up on {dim}-d: {msg}; falling back to {dims[attempt + 1]}-d")
+            out["attempts"].append({"dim": dim, "result": "abandoned", "why": msg})
+            del x, queries
+            gc.collect()
+            continue
+        out["attempts"].append({"dim": dim, "result": "built", "build_s": secs})
+        out["dim"], out["build_s"] = dim, secs
+        log(f"  built in {fmt_s(secs)}")
+        path = work / f"million-{dim}.hnsw"
+        t0 = time.perf_counter()
+        idx.save_index(str(path))
+        out["file_gib"] = path.stat().st_size / 2 ** 30
+        out["raw_gib"] = x.nbytes / 2 ** 30
+        log(f"  saved in {fmt_s(time.perf_counter() - t0)}: {out['file_gib']:.2f} GiB on disk (raw vectors {out['raw_gib']:.2f} GiB)")
+        del idx
+        gc.collect()
+
+        log("  exact search: ground truth for 200 queries, then single-query timing ...")
+        exact_rows, exact_scores = exact_topk(x, queries, RECALL_K)
+        ex = exact_single_query_ms(x, queries, RECALL_K, args.exact_reps)
+        out["exact_ms_median"], out["exact_ms_p90"] = pct(ex, 50), pct(ex, 90)
+        log(f"  exact numpy (X @ q + argpartition, BLAS threads as configured): median {out['exact_ms_median']:.1f} ms, "
+            f"p90 {out['exact_ms_p90']:.1f} ms")
+
+        qpath, rpath = work / "million-queries.npy", work / "million-ann.npz"
+        np.save(qpath, queries)
+        efs = list(EF_SWEEP) + [1024]
+        spec = {"index": str(path), "dim": dim, "queries": str(qpath), "out": str(rpath), "k": RECALL_K, "efs": efs}
+        log("  loading the index in a fresh process (VmRSS delta) and sweeping ef ...")
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--ann-worker", json.dumps(spec)],
+                              capture_output=True, text=True, timeout=3600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"ANN worker failed: {proc.stderr[-2000:]}")
+        w = json.loads(proc.stdout.strip().splitlines()[-1])
+        out["rss_delta_gib"] = (w["rss_after_mib"] - w["rss_before_mib"]) / 1024
+        out["load_s"] = w["load_s"]
+        log(f"  index resident memory: {out['rss_delta_gib']:.2f} GiB (VmRSS {w['rss_before_mib']:.0f} -> {w['rss_after_mib']:.0f} MiB), "
+            f"loaded in {fmt_s(w['load_s'])}")
+        res = np.load(rpath)
+        out["ef"] = {}
+        for ef in efs:
+            rec = tie_aware_recall(x, queries, res[f"labels_{ef}"], exact_scores[:, -1], RECALL_K)
+            times = res[f"times_{ef}"]
+            out["ef"][ef] = {"recall": rec, "ms_median": pct(times, 50), "ms_p90": pct(times, 90),
+                             "speedup": out["exact_ms_median"] / pct(times, 50)}
+            log(f"  ef {ef:4d}: recall@10 {rec:.3f}, ANN {pct(times, 50):.3f} ms (p90 {pct(times, 90):.3f}), "
+                f"speed-up over exact {out['ef'][ef]['speedup']:.0f}x")
+        ok = [ef for ef in efs if out["ef"][ef]["recall"] >= MILLION_RECALL_TARGET]
+        out["ef_095"] = ok[0] if ok else None
+        ok99 = [ef for ef in efs if out["ef"][ef]["recall"] >= RECALL_TARGET]
+        out["ef_099"] = ok99[0] if ok99 else None
+        out["default_ef"] = DEFAULT_EF
+        del x, queries
+        gc.collect()
+        for p in (path, qpath, rpath):
+            p.unlink(missing_ok=True)
+        return out
+    raise RuntimeError("no 1M build was possible (see the messages above)")
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+
+
+def ms(v: float) -> str:
+    if v != v:
+        return "-"
+    return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 1 else f"{v:.2f}"
+
+
+def markdown(results: dict) -> str:
+    from explorer.core.index import DEFAULT_EF, EF_CONSTRUCTION, M
+
+    sizes = results["sizes"]
+    lines = []
+    if sizes:
+        head = " | ".join(f"{s['n'] // 1000}k" for s in sizes)
+        lines.append(f"**Warm query latency** ({QUERY_PHOTO}, real offline models, 3 modes, k=10; ms, median / p90 "
+                     f"over {sizes[0]['latency']['n']} queries; {results['cpus']} CPU cores, shared machine)\n")
+        lines.append(f"| stage | {head} |")
+        lines.append("|---|" + "---|" * len(sizes))
+        names = {"decode": "decode", "detect": "detect (SSD-MobileNetV2)", "caption": "caption (structured)",
+                 "encode": "encode (EffNet-Lite0 + MiniLM)", "model": "**model time**",
+                 "ann": "ANN (3 indices + 2 agreement look-ups)", "db_fetch": "DB fetch + exact re-score",
+                 "rank": "rank (3 modes)", "rerank": "rerank aqe (extra)", "retrieval": "**retrieval time**",
+                 "wall": "**end to end (with aqe)**"}
+        for key in ("decode", "detect", "caption", "encode", "model", "ann", "db_fetch", "rank", "rerank", "retrieval", "wall"):
+            cells = " | ".join(f"{ms(s['latency'][key]['median'])} / {ms(s['latency'][key]['p90'])}" for s in sizes)
+            lines.append(f"| {names[key]} | {cells} |")
+        lines.append("")
+        lines.append(f"**hnswlib recall@10 vs exact search** (M={M}, ef_construction={EF_CONSTRUCTION}; {RECALL_QUERIES} held-out "
+                     f"queries; single query, 1 thread; recall / ms per query)\n")
+        cols = [(s, m) for s in sizes for m in ("image", "caption", "fused")]
+        lines.append("| ef | " + " | ".join(f"{s['n'] // 1000}k {m} ({s['recall'][m]['dim']}-d)" for s, m in cols) + " |")
+        lines.append("|---|" + "---|" * len(cols))
+        for ef in EF_SWEEP:
+            mark = " (default)" if ef == DEFAULT_EF else ""
+            lines.append(f"| {ef}{mark} | " + " | ".join(
+                f"{s['recall'][m]['ef'][ef]['recall']:.3f} / {ms(s['recall'][m]['ef'][ef]['ms_median'])}" for s, m in cols) + " |")
+        lines.append("| exact numpy | " + " | ".join(f"1.000 / {ms(s['recall'][m]['exact_ms_median'])}" for s, m in cols) + " |")
+        lines.append("| min ef for >= 0.99 | " + " | ".join(str(s['recall'][m]['min_ef_099'] or "> 512") for s, m in cols) + " |")
+        lines.append("| app pool (k=200, ef=200) | " + " | ".join(f"{s['recall'][m]['app_pool_recall10']:.3f}" for s, m in cols) + " |")
+        lines.append("| search path (pool of 3 indices + exact re-score) | " + " | ".join(
+            f"{s['search_path_recall'][m]:.3f}" for s, m in cols) + " |")
+        lines.append("")
+    mil = results.get("million")
+    if mil:
+        e = mil["ef_095"]
+        lines.append(f"**1M vectors, {mil['dim']}-d** (synthetic mixture; M={M}, ef_construction={EF_CONSTRUCTION})\n")
+        lines.append("| build (2 threads) | index on disk | index resident (VmRSS delta) | raw vectors | ef | recall@10 | ANN ms/query | exact numpy ms/query | speed-up |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
+        shown = [x for x in (e, DEFAULT_EF, mil.get("ef_099")) if x is not None]
+        for ef in sorted(set(shown)):
+            v = mil["ef"][ef]
+            tag = []
+            if ef == e:
+                tag.append("recall >= 0.95")
+            if ef == DEFAULT_EF:
+                tag.append("default")
+            if ef == mil.get("ef_099"):
+                tag.append("recall >= 0.99")
+            lines.append(f"| {fmt_s(mil['build_s'])} | {mil['file_gib']:.2f} GiB | {mil['rss_delta_gib']:.2f} GiB | {mil['raw_gib']:.2f} GiB | "
+                         f"{ef} ({', '.join(tag)}) | {v['recall']:.3f} | {ms(v['ms_median'])} | {ms(mil['exact_ms_median'])} | {v['speedup']:.0f}x |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="10000,100000", help="gallery sizes, comma-separated (default 10000,100000)")
+    ap.add_argument("--million", action="store_true", help="also build and measure a 1M-vector index")
+    ap.add_argument("--million-dim", default="auto", help="dimension at 1M: auto (1280 unless the build is projected over "
+                    "--million-budget minutes or memory is short, then 384), or a number")
+    ap.add_argument("--million-budget", type=float, default=MILLION_BUDGET_MIN, help="minutes (default 25)")
+    ap.add_argument("--quick", action="store_true", help="smoke test: 10k only, fewer distinct captions")
+    ap.add_argument("--queries", type=int, default=25, help="timed warm queries per size (default 25)")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--path-queries", type=int, default=50, help="held-out queries through the search path (default 50)")
+    ap.add_argument("--threads", type=int, default=2, help="hnsw build threads (default 2)")
+    ap.add_argument("--exact-reps", type=int, default=20, help="single-query exact searches timed at 1M")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tmp", type=Path, help="where the temporary libraries and index files go")
+    ap.add_argument("--json", type=Path, help="also write every figure to this JSON file")
+    ap.add_argument("--ann-worker", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.ann_worker:
+        return ann_worker(args.ann_worker)
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    if args.quick:
+        sizes = [10_000]
+    if args.queries < 20:
+        log(f"note: {args.queries} timed queries (fewer than 20) make the p90 rough")
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-up below on kill
+    work = Path(tempfile.mkdtemp(prefix="query-latency-", dir=args.tmp))
+    results: dict = {"cpus": len(os.sched_getaffinity(0)), "sizes": [], "args": {k: str(v) for k, v in vars(args).items()}}
+    log(f"work dir {work}; sizes {sizes}; 1M: {args.million}; {results['cpus']} CPUs; {mem_available_gib():.1f} GiB available")
+    try:
+        offsets: dict = {}
+        if sizes:
+            from explorer.core.config import Settings
+            from explorer.core.imageio import load_image
+            from explorer.core.models.registry import ModelLoader
+            from explorer.core.samples import skimage_data_dir
+
+            t0 = time.perf_counter()
+            loader = ModelLoader(Settings())
+            for role in ("detector", "captioner", "image", "text"):
+                loader.get(role)
+            log(f"models loaded in {fmt_s(time.perf_counter() - t0)}: " + ", ".join(loader.get(r).model_id for r in ("detector", "captioner", "image", "text")))
+            src = skimage_data_dir()
+            query_path = str(src / QUERY_PHOTO)
+            photos = [load_image(src / p).image for p in SKIMAGE_PHOTOS if (src / p).is_file()]
+            emb = np.asarray(loader.get("image").embed_images(photos), np.float32)
+            offsets[1280] = emb.mean(0)
+            n_proto = 600 if args.quick else min(3000, max(500, max(sizes) // 30))
+            bank = CaptionBank(loader, n_proto, args.seed)
+            offsets[384] = bank.vecs.mean(0)
+            results["caption_bank"] = {"distinct": len(bank.texts), "embed_s": bank.embed_s}
+            for n in sizes:
+                results["sizes"].append(run_size(n, args, loader, bank, offsets[1280], work, query_path))
+        if args.million:
+            results["million"] = run_million(args, work, offsets)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    print()
+    print(markdown(results))
+    from explorer.core.index import DEFAULT_EF
+
+    for s in results["sizes"]:
+        r = s["recall"]["image"]
+        print(f"{s['n']:,}: image index recall@10 at the default ef={DEFAULT_EF}: {r['ef'][DEFAULT_EF]['recall']:.3f}; "
+              f"smallest ef with recall@10 >= {RECALL_TARGET}: {r['min_ef_099'] or 'not reached within the sweep'}; "
+              f"VectorIndex live-id sets cost {s['ann_breakdown']['live_ids_per_query_ms']:.1f} ms of every query's "
+              f"ann stage ({s['latency']['ann']['median']:.1f} ms); db_fetch ({s['latency']['db_fetch']['median']:.0f} ms): "
+              f"hnswlib get_items {s['ann_breakdown']['pool']['get_items_image_ms'] + s['ann_breakdown']['pool']['get_items_caption_ms']:.0f} ms, "
+              f"SQLite metadata {s['ann_breakdown']['pool']['fetch_meta_ms']:.0f} ms")
+    mil = results.get("million")
+    if mil:
+        for a in mil["attempts"]:
+            if a["result"] != "built":
+                print(f"1M: {a['dim']}-d {a['result']}: {a['why']}")
+        e = mil["ef_095"]
+        if e is None:
+            print(f"1M ({mil['dim']}-d): recall@10 >= {MILLION_RECALL_TARGET} not reached within ef <= 1024")
+        else:
+            sp = mil["ef"][e]["speedup"]
+            print(f"1M ({mil['dim']}-d): ef={e} gives recall@10 {mil['ef'][e]['recall']:.3f}; speed-up over exact search "
+                  f"{sp:.0f}x (target >= {MILLION_SPEEDUP_TARGET:.0f}x: {'met' if sp >= MILLION_SPEEDUP_TARGET else 'NOT met'})")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=float))
+        print(f"figures written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
