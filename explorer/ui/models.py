@@ -24,7 +24,21 @@ def _file_urls_mime(paths: list[str]) -> QMimeData:
     return mime
 
 
-class GalleryModel(QAbstractListModel):
+class _DragsFiles:
+    """Items drag out as file URLs (onto the query zone, or to other apps); needs ``path_at(row)``."""
+
+    def flags(self, index):
+        f = super().flags(index)
+        return f | Qt.ItemFlag.ItemIsDragEnabled if index.isValid() else f
+
+    def mimeTypes(self):  # noqa: N802
+        return ["text/uri-list"]
+
+    def mimeData(self, indexes):  # noqa: N802
+        return _file_urls_mime([self.path_at(i.row()) for i in indexes if i.isValid()])
+
+
+class GalleryModel(_DragsFiles, QAbstractListModel):
     """The library's images under a folder: a model over an id list (cheap at 100k rows).
 
     Thumbnails are asked for only when a view paints a row (``DecorationRole``), so only the
@@ -60,15 +74,8 @@ class GalleryModel(QAbstractListModel):
             return self.thumbs.failed(self._paths[r])
         return None
 
-    def flags(self, index):
-        f = super().flags(index)
-        return f | Qt.ItemFlag.ItemIsDragEnabled if index.isValid() else f
-
-    def mimeTypes(self):  # noqa: N802
-        return ["text/uri-list"]
-
-    def mimeData(self, indexes):  # noqa: N802
-        return _file_urls_mime([self._paths[i.row()] for i in indexes if i.isValid()])
+    def path_at(self, row: int) -> str:
+        return self._paths[row]
 
     def supportedDragActions(self):  # noqa: N802
         return Qt.DropAction.CopyAction
@@ -102,7 +109,7 @@ class GalleryModel(QAbstractListModel):
             self.dataChanged.emit(ix, ix, [Qt.ItemDataRole.DecorationRole])
 
 
-class ResultsModel(QAbstractListModel):
+class ResultsModel(_DragsFiles, QAbstractListModel):
     """The hits of one retrieval mode; ``compare_to`` names the mode whose ranks give the ▲/▼ badge."""
 
     def __init__(self, mode: str, compare_to: str, thumbs: ThumbnailLoader, parent=None):
@@ -140,15 +147,8 @@ class ResultsModel(QAbstractListModel):
             return self.thumbs.failed(h.path)
         return None
 
-    def flags(self, index):
-        f = super().flags(index)
-        return f | Qt.ItemFlag.ItemIsDragEnabled if index.isValid() else f
-
-    def mimeTypes(self):  # noqa: N802
-        return ["text/uri-list"]
-
-    def mimeData(self, indexes):  # noqa: N802
-        return _file_urls_mime([self.hits[i.row()].path for i in indexes if i.isValid()])
+    def path_at(self, row: int) -> str:
+        return self.hits[row].path
 
     def set_hits(self, hits: list[Hit]) -> None:
         self.beginResetModel()
