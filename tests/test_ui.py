@@ -73,6 +73,9 @@ def test_drop_runs_query_and_fills_both_columns(qtbot, window, sample_gallery):
     assert fused.model.rowCount() == 10
     assert names(img)[0].startswith("coffee_") and names(fused)[0].startswith("coffee_")
     assert "coffee.jpg" not in names(img)  # the query itself is excluded
+    # a result card drags out as its file, e.g. onto the query zone
+    mime = fused.model.mimeData([fused.model.index(0)])
+    assert [u.toLocalFile() for u in mime.urls()] == [fused.names()[0]]
     assert window.results.columns["caption"].isHidden()
     # the query view shows the image and its detections; the caption is editable
     assert window.drop_zone.image is not None and window.drop_zone.detections
