@@ -163,7 +163,7 @@ class BoxEncoder:
             keep = [i for i, b in enumerate(bxs) if len(b)]
             x = torch.from_numpy(_preprocess_full([ims[i] for i in keep])).to(self.core.device)
             with self._lock, torch.inference_mode():
-                fmap = self.core.model.forward_features(x).float()
+                fmap = self.core.feature_map(x).float()
                 rois = [torch.from_numpy(bxs[i] * ROI_INPUT).to(fmap.device) for i in keep]
                 pooled = roi_align(fmap, rois, output_size=ROI_BINS, spatial_scale=fmap.shape[-1] / ROI_INPUT,
                                    sampling_ratio=2, aligned=True)

@@ -118,6 +118,18 @@ class EffNetCore:
             else [f"class {i}" for i in range(1000)]
         )
 
+    def feature_map(self, x):
+        """The backbone's final feature map for a normalised batch ``x`` (n, 3, H, W) -> (n, 1280, h, w).
+
+        The one place the backbone runs: every caller (global descriptor, box features) goes
+        through it, so an inference engine can replace the network here alone.
+        """
+        return self.model.forward_features(x)
+
+    def classify(self, fmap):
+        """ImageNet logits from a feature map (the classifier head)."""
+        return self.model.forward_head(fmap)
+
     def analyse(self, images: Sequence[Image.Image]) -> list[ImageAnalysis]:
         import torch
 
@@ -127,8 +139,8 @@ class EffNetCore:
                 chunk = todo[start : start + BATCH]
                 x = torch.from_numpy(preprocess(chunk)).to(self.device)
                 with torch.inference_mode():
-                    fmap = self.model.forward_features(x)
-                    logits = self.model.forward_head(fmap)
+                    fmap = self.feature_map(x)
+                    logits = self.classify(fmap)
                     gem = fmap.clamp(min=1e-6).pow(GEM_P).mean(dim=(2, 3)).pow(1.0 / GEM_P)
                     probs = torch.softmax(logits, dim=1)
                 emb = l2_normalise(gem.float().cpu().numpy())
