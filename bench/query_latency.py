@@ -5,17 +5,24 @@ In one process this script
 1. **warm end-to-end query latency**: for each gallery size it writes a synthetic library
    straight into the database (``ImageRow``/``CaptionRow``/``DetectionRow``/``VectorRow`` with
    SQLAlchemy bulk inserts), builds the three hnswlib indices (image 1280-d, caption 384-d,
-   fused 1664-d) with the library's own parameters, opens it with ``Searcher`` (whose
-   consistency check must find nothing to repair) and runs a real photo (scikit-image's
-   ``coffee.png``) through the real offline models and the whole search path: decode, detect,
-   caption, encode (model time) and ANN, DB fetch, rank, alpha-QE rerank (retrieval time).
-   Median and p90 over ``--queries`` warm queries (after ``--warmup`` untimed ones);
+   fused 1664-d) from the vectors ``Library`` reads for a sync, with the library's M and
+   ef_construction but 2 insert threads (the caption index, full of identical vectors, with 1
+   thread as in the app), saves them with their manifests, then opens the folder
+   as a fresh ``Library`` + ``Searcher`` (whose consistency check loads the files and must find
+   nothing to repair) and runs a real photo (scikit-image's ``coffee.png``) through the real
+   offline models and the whole search path: decode, detect, caption, encode (model time) and
+   ANN, DB fetch, rank, alpha-QE rerank (retrieval time). Median and p90 over ``--queries`` warm
+   queries (after ``--warmup`` untimed ones), interleaved round-robin over the gallery sizes so
+   that load from other processes falls on every size alike;
 2. **hnswlib recall@10 against exact brute force** on the same indices: 200 held-out vectors
    from the same distribution, ef in (16, 32, 64, 128, 256, 512), recall@10 and per-query time,
    the smallest ef reaching recall@10 >= 0.99 and what ``index.DEFAULT_EF`` achieves;
 3. with ``--million``: a 1M-vector hnswlib index (same M / ef_construction) against exact numpy
    search of one query (``X @ q`` + ``argpartition``), at the smallest ef giving recall@10 >= 0.95,
-   and the resident memory of the index loaded from disk in a fresh subprocess (VmRSS delta);
+   and the resident memory of the index loaded from disk in a fresh subprocess (VmRSS delta).
+   The dimension is 1280 (the image index's) unless memory is short or the build, projected
+   from its first 50k inserts, would exceed ``--million-budget`` minutes (later in the build:
+   1.5x that); then it starts again at 384-d (the caption index's) and says so;
 4. a Markdown summary table for the README.
 
 Synthetic data (see ``Mixture``): a two-level Gaussian mixture (60 object categories, ~100
@@ -24,8 +31,9 @@ spectrum, embedded in d dimensions, plus a shared offset direction (GeM features
 positive, so real image embeddings share a large mean component: the offset is the mean
 direction of the real encoder's embeddings of the scikit-image photos) and isotropic noise.
 The parameters were chosen so that, on 600 vectors, the statistics are close to the real
-encoder's embeddings of 600 Fashion-MNIST images (mean pairwise cosine ~0.45-0.55, mean
-nearest-neighbour cosine ~0.75-0.8, participation-ratio dimension ~30); the script prints them.
+encoder's embeddings of 600 Fashion-MNIST images (real: mean pairwise cosine 0.54, mean
+nearest-neighbour cosine 0.82, 10th-neighbour 0.75, participation-ratio dimension 32; synthetic:
+about 0.50, 0.75, 0.69, 27-34); the script prints them.
 Caption vectors are *real* MiniLM embeddings of structured-captioner captions (composed with
 ``structured_captioner.compose`` from synthetic detections, ImageNet labels and colours); a
 fine cluster draws its images' captions from a few captions of its category, so identical
@@ -279,10 +287,15 @@ def write_library(lib, img: np.ndarray, proto: np.ndarray, bank: CaptionBank, ca
 def build_indices(lib, threads: int) -> dict:
     """Build the three indices exactly as ``VectorIndex.sync`` would (same vectors through
     ``Library._changed``, same ``_new`` parameters, same manifest), but inserting with
-    ``threads`` threads instead of ``upsert``'s one, then save index + manifest."""
+    ``threads`` threads instead of ``upsert``'s one, then save index + manifest.
+
+    The caption index is built with one thread, as the app builds it: it holds many identical
+    vectors (repeated captions), and parallel insertion of duplicates leaves its graph worse
+    connected (more k=200 searches that find fewer than 200 vectors) than sequential insertion."""
     out = {}
     for mode in ("image", "caption", "fused"):
         vi = lib.index(mode)
+        threads_m = 1 if mode == "caption" else threads
         t0 = time.perf_counter()
         ids, vecs, high = lib._changed(mode)(0)
         t_read = time.perf_counter() - t0
@@ -290,7 +303,7 @@ def build_indices(lib, threads: int) -> dict:
         idx = vi._new(len(ids))
         step = 20_000
         for s in range(0, len(ids), step):
-            idx.add_items(np.ascontiguousarray(vecs[s:s + step], np.float32), ids[s:s + step], num_threads=threads)
+            idx.add_items(np.ascontiguousarray(vecs[s:s + step], np.float32), ids[s:s + step], num_threads=threads_m)
             if len(ids) > step and (s // step) % 2 == 1:
                 log(f"  {mode} index ({vecs.shape[1]}-d): {min(len(ids), s + step):,}/{len(ids):,} inserted")
         t_build = time.perf_counter() - t0
@@ -299,9 +312,9 @@ def build_indices(lib, threads: int) -> dict:
             vi.manifest.seq_high = int(high)
             vi.manifest.deleted = []
         vi.save()
-        out[mode] = {"dim": int(vecs.shape[1]), "n": int(len(ids)), "read_s": t_read, "build_s": t_build,
+        out[mode] = {"dim": int(vecs.shape[1]), "n": int(len(ids)), "read_s": t_read, "build_s": t_build, "threads": threads_m,
                      "file_mib": vi.path.stat().st_size / 2 ** 20, "ids": ids, "vecs": vecs}
-        log(f"  {mode} index: {len(ids):,} x {vecs.shape[1]}-d built in {fmt_s(t_build)} ({threads} threads; "
+        log(f"  {mode} index: {len(ids):,} x {vecs.shape[1]}-d built in {fmt_s(t_build)} ({threads_m} thread{'s' if threads_m > 1 else ''}; "
             f"reading the vectors from the db {fmt_s(t_read)}), file {out[mode]['file_mib']:.0f} MiB")
     return out
 
@@ -350,22 +363,28 @@ def exact_single_query_ms(gallery: np.ndarray, queries: np.ndarray, k: int, reps
     return out
 
 
-def ef_sweep(index, queries: np.ndarray, k: int, efs) -> dict[int, tuple[np.ndarray, list[float]]]:
-    """Labels of single-query, single-thread knn_query calls (as the app makes them) and their times."""
+def ef_sweep(index, queries: np.ndarray, k: int, efs) -> dict[int, tuple[np.ndarray, list[float], int]]:
+    """Labels of single-query, single-thread knn_query calls (as the app makes them), their times and
+    how many calls failed (hnswlib raises when the graph search finds fewer than k vectors, which
+    happens with many identical vectors; such a query's labels stay -1)."""
     for q in queries[:20]:  # warm the caches
-        index.set_ef(max(efs[0], k))
-        index.knn_query(q.reshape(1, -1), k=k, num_threads=1)
+        index.set_ef(max(efs[-1], k))
+        index.knn_query(q.reshape(1, -1), k=1, num_threads=1)
     out = {}
     for ef in efs:
         index.set_ef(max(ef, k))
         labels = np.full((len(queries), k), -1, np.int64)
-        times = []
+        times, failed = [], 0
         for j, q in enumerate(queries):
             t0 = time.perf_counter()
-            lab, _ = index.knn_query(q.reshape(1, -1), k=k, num_threads=1)
+            try:
+                lab, _ = index.knn_query(q.reshape(1, -1), k=k, num_threads=1)
+            except RuntimeError:
+                failed += 1
+                continue
             times.append((time.perf_counter() - t0) * 1000)
             labels[j] = lab[0]
-        out[ef] = (labels, times)
+        out[ef] = (labels, times, failed)
     return out
 
 
@@ -376,10 +395,10 @@ def recall_study(name: str, built: dict, queries: np.ndarray, vi, default_ef: in
     row_of = {int(i): r for r, i in enumerate(ids.tolist())}
     sweep = ef_sweep(vi.index, queries, RECALL_K, EF_SWEEP)
     res = {"dim": int(gal.shape[1]), "n": int(len(ids)), "ef": {}}
-    for ef, (labels, times) in sweep.items():
+    for ef, (labels, times, failed) in sweep.items():
         rows = np.vectorize(lambda x: row_of.get(int(x), -1), otypes=[np.int64])(labels)
         rec = tie_aware_recall(gal, queries, rows, exact_scores[:, -1], RECALL_K)
-        res["ef"][ef] = {"recall": rec, "ms_median": pct(times, 50), "ms_p90": pct(times, 90)}
+        res["ef"][ef] = {"recall": rec, "ms_median": pct(times, 50), "ms_p90": pct(times, 90), "errors": failed}
     ex = exact_single_query_ms(gal, queries, RECALL_K, exact_reps)
     res["exact_ms_median"] = pct(ex, 50)
     ok = [ef for ef in EF_SWEEP if res["ef"][ef]["recall"] >= RECALL_TARGET]
@@ -387,58 +406,88 @@ def recall_study(name: str, built: dict, queries: np.ndarray, vi, default_ef: in
     # the app's own call: k = POOL_MIN (200) candidates, ef = max(DEFAULT_EF, k); recall@10 within them
     from explorer.core.search import POOL_MIN
 
+    # (a query that raises counts as finding nothing: in the app the search fails)
     vi.index.set_ef(max(default_ef, POOL_MIN))
-    pool_lab, _ = vi.index.knn_query(queries, k=POOL_MIN, num_threads=1)
-    pool_rows = np.vectorize(lambda x: row_of.get(int(x), -1), otypes=[np.int64])(pool_lab)
-    hit = 0
-    for q, rows, th in zip(queries, pool_rows, exact_scores[:, -1]):
+    hit, failed = 0, 0
+    for q, th in zip(queries, exact_scores[:, -1]):
+        try:
+            lab, _ = vi.index.knn_query(q.reshape(1, -1), k=POOL_MIN, num_threads=1)
+        except RuntimeError:
+            failed += 1
+            continue
+        rows = np.array([row_of.get(int(x), -1) for x in lab[0]], np.int64)
         hit += min(RECALL_K, int(((gal[rows[rows >= 0]] @ q) >= th - 1e-5).sum()))
     res["app_pool_recall10"] = hit / (RECALL_K * len(queries))
+    res["app_pool_errors"] = failed
     vi.index.set_ef(vi.ef)
     log(f"  recall@10 {name} index ({res['dim']}-d, {res['n']:,}): " + ", ".join(
-        f"ef {ef}: {v['recall']:.3f} ({v['ms_median']:.2f} ms)" for ef, v in res["ef"].items())
+        f"ef {ef}: {rc(v['recall'])} ({v['ms_median']:.2f} ms)" for ef, v in res["ef"].items())
         + f"; exact numpy {res['exact_ms_median']:.2f} ms/query; app pool (k={POOL_MIN}, ef={max(default_ef, POOL_MIN)}) "
-        f"recall@10 {res['app_pool_recall10']:.3f}")
+        f"recall@10 {rc(res['app_pool_recall10'])}"
+        + (f"; hnswlib RuntimeError ('Cannot return the results in a contiguous 2D array') on {failed}/{len(queries)} "
+           f"k={POOL_MIN} queries" if failed else "")
+        + "".join(f"; {v['errors']} errors at ef {ef}" for ef, v in res["ef"].items() if v["errors"]))
     return res
 
 
-def time_queries(searcher, query_path: str, n_warm: int, n_timed: int) -> dict:
+def time_queries(searchers: list, query_path: str, n_warm: int, n_timed: int) -> list[dict]:
+    """Warm queries, interleaved round-robin over the libraries (alternating the order each round),
+    so that load from other processes on a shared machine falls on every gallery size alike."""
     from explorer.core.search import MODES, QuerySpec
 
     spec = QuerySpec(image=query_path)
-    alpha = searcher.lib.alpha
-    rows = []
+    rows: list[list[dict]] = [[] for _ in searchers]
+    errors = [0 for _ in searchers]
     for j in range(n_warm + n_timed):
-        t0 = time.perf_counter()
-        pq = searcher.prepare(spec)
-        pool = searcher.candidate_pool(pq, 10)
-        res_aqe = searcher.rank_all(pq, pool, MODES, 10, alpha, "aqe")
-        wall = time.perf_counter() - t0
-        res = searcher.rank_all(pq, pool, MODES, 10, alpha, "none")  # rank alone, outside the wall-clock
-        t = dict(res.timings)
-        t["rerank"] = max(0.0, res_aqe.timings["rank"] - t["rank"])
-        t["wall"] = wall
-        t["pool"] = len(pool.ids)
-        if j >= n_warm:
-            rows.append(t)
-        elif j == 0:
-            top = res_aqe.modes["fused"].hits[0] if res_aqe.modes["fused"].hits else None
-            log(f"  query caption: {pq.caption.text!r}; fused top-1: {top.caption if top else None!r}")
-    out = {}
-    for key in STAGES_MODEL + ("ann", "db_fetch", "rank", "rerank", "wall"):
-        xs = [r[key] * 1000 for r in rows]
-        out[key] = {"median": pct(xs, 50), "p90": pct(xs, 90)}
-    for group, keys in (("model", STAGES_MODEL), ("retrieval", STAGES_RETRIEVAL)):
-        xs = [sum(r[k] for k in keys) * 1000 for r in rows]
-        out[group] = {"median": pct(xs, 50), "p90": pct(xs, 90)}
-    out["pool_size"] = int(np.median([r["pool"] for r in rows]))
-    out["n"] = len(rows)
-    return out
+        order = list(range(len(searchers)))
+        if j % 2:
+            order.reverse()
+        for si in order:
+            searcher = searchers[si]
+            alpha = searcher.lib.alpha
+            t0 = time.perf_counter()
+            pq = searcher.prepare(spec)
+            try:
+                pool = searcher.candidate_pool(pq, 10)
+            except RuntimeError as e:  # hnswlib found fewer than k (see ef_sweep): the app's search fails
+                errors[si] += 1
+                log(f"  [{searcher.lib.store.count_images():,}] the search raised: {e}")
+                continue
+            res_aqe = searcher.rank_all(pq, pool, MODES, 10, alpha, "aqe")
+            wall = time.perf_counter() - t0
+            res = searcher.rank_all(pq, pool, MODES, 10, alpha, "none")  # rank alone, outside the wall-clock
+            t = dict(res.timings)
+            t["rerank"] = max(0.0, res_aqe.timings["rank"] - t["rank"])
+            t["wall"] = wall
+            t["pool"] = len(pool.ids)
+            if j >= n_warm:
+                rows[si].append(t)
+            elif j == 0:
+                top = res_aqe.modes["fused"].hits[0] if res_aqe.modes["fused"].hits else None
+                log(f"  [{searcher.lib.store.count_images():,}] query caption: {pq.caption.text!r}; "
+                    f"fused top-1: {top.caption if top else None!r}")
+        if j >= n_warm and (j - n_warm) % 5 == 4:
+            log(f"  {j - n_warm + 1}/{n_timed} timed rounds")
+    outs = []
+    for r, err in zip(rows, errors):
+        if not r:
+            raise RuntimeError(f"every query failed ({err} errors)")
+        out = {"errors": err}
+        for key in STAGES_MODEL + ("ann", "db_fetch", "rank", "rerank", "wall"):
+            xs = [x[key] * 1000 for x in r]
+            out[key] = {"median": pct(xs, 50), "p90": pct(xs, 90)}
+        for group, keys in (("model", STAGES_MODEL), ("retrieval", STAGES_RETRIEVAL)):
+            xs = [sum(x[k] for k in keys) * 1000 for x in r]
+            out[group] = {"median": pct(xs, 50), "p90": pct(xs, 90)}
+        out["pool_size"] = int(np.median([x["pool"] for x in r]))
+        out["n"] = len(r)
+        outs.append(out)
+    return outs
 
 
 def ann_breakdown(searcher, query_path: str, reps: int = 20) -> dict:
-    """Where the 'ann' stage goes: raw hnswlib calls vs the VectorIndex.search wrapper, whose
-    ``len(self)`` builds the set of live ids (O(n)) on every call."""
+    """Where the 'ann' and 'db_fetch' stages go: raw hnswlib calls vs the VectorIndex.search wrapper
+    (and its live-id bookkeeping: ``len(self)``, ``live_ids()``), hnswlib ``get_items`` and SQLite."""
     from explorer.core import fusion
     from explorer.core.search import POOL_MIN, QuerySpec
 
@@ -483,9 +532,11 @@ def ann_breakdown(searcher, query_path: str, reps: int = 20) -> dict:
         fancy.append(time.perf_counter() - t0)
     out["pool"] = {"n": int(len(ids)), "get_items_image_ms": pct(gi, 50) * 1000, "get_items_caption_ms": pct(gc_, 50) * 1000,
                    "fetch_meta_ms": pct(meta, 50) * 1000, "numpy_gather_image_ms": pct(fancy, 50) * 1000}
-    # candidate_pool makes 5 VectorIndex.search calls (3 pools + 2 for the query's caption agreement)
-    # and 2 more live_ids() calls: 7 live-id sets per query
-    out["live_ids_per_query_ms"] = (3 * out["image"]["live_ids_ms"] + 3 * out["caption"]["live_ids_ms"] + out["fused"]["live_ids_ms"])
+    # the 'ann' stage makes 5 VectorIndex.search calls (3 pools + image and caption again for the query's
+    # caption agreement), each building the live-id set in len(self); 'db_fetch' builds 2 more (image, caption)
+    im, cp, fu = (out[m]["live_ids_ms"] for m in ("image", "caption", "fused"))
+    out["live_ids_in_ann_ms"] = 2 * im + 2 * cp + fu
+    out["live_ids_in_db_fetch_ms"] = im + cp
     return out
 
 
@@ -499,11 +550,18 @@ def search_path_recall(searcher, held_img, held_cap, held_proto, bank: CaptionBa
     gal = lib.gallery_vectors()
     alpha = lib.alpha
     out = {m: [] for m in ("image", "caption", "fused")}
+    errors: list[str] = []
     for j in range(min(n_queries, len(held_img))):
         p = int(held_proto[j])
         cap = Caption(bank.texts[p], "generated", "structured-v1", bank.conf[p])
         pq = PreparedQuery(QuerySpec(image="held-out"), held_img[j], cap, held_cap[j], 0.0)
-        pool = searcher.candidate_pool(pq, 10)  # sets pq.caption_weight from the query's agreement
+        try:
+            pool = searcher.candidate_pool(pq, 10)  # sets pq.caption_weight from the query's agreement
+        except RuntimeError as e:  # hnswlib found fewer than k (see ef_sweep): the app's search fails
+            errors.append(str(e))
+            for mode in out:
+                out[mode].append(0.0)
+            continue
         ci, cc = gal.image @ held_img[j], gal.caption @ held_cap[j]
         b = np.clip(alpha * pq.caption_weight * gal.weights, 0.0, 1.0)
         exact = {"image": ci, "caption": cc, "fused": (1.0 - b) * ci + b * cc}
@@ -511,11 +569,15 @@ def search_path_recall(searcher, held_img, held_cap, held_proto, bank: CaptionBa
             th = np.partition(-exact[mode], RECALL_K - 1)[RECALL_K - 1] * -1
             hits = searcher.rank(pq, pool, mode, RECALL_K, alpha).hits
             out[mode].append(min(RECALL_K, sum(h.score >= th - 1e-5 for h in hits)) / RECALL_K)
-    return {m: float(np.mean(v)) for m, v in out.items()}
+    res = {m: float(np.mean(v)) for m, v in out.items()}
+    res["errors"] = len(errors)
+    if errors:
+        log(f"  search path: {len(errors)}/{len(out['image'])} held-out queries failed in candidate_pool: {errors[0]}")
+    return res
 
 
-def run_size(n: int, args, loader, bank: CaptionBank, offset: np.ndarray, work: Path, query_path: str) -> dict:
-    from explorer.core import index as index_mod
+def build_size(n: int, args, loader, bank: CaptionBank, offset: np.ndarray, work: Path) -> dict:
+    """Write the synthetic library of ``n`` images, build its indices and open a Searcher on it."""
     from explorer.core.config import Settings
     from explorer.core.library import Library
     from explorer.core.search import Searcher
@@ -532,60 +594,80 @@ def run_size(n: int, args, loader, bank: CaptionBank, offset: np.ndarray, work: 
     log(f"  synthetic image vectors: {n_clusters:,} fine clusters in {N_CATEGORIES} categories, {n_proto:,} distinct captions; "
         f"generated in {fmt_s(time.perf_counter() - t0)}; sample of 600: mean pair cos {stats['mean_pair_cos']}, "
         f"nn1 cos {stats['nn1_cos']}, nn10 cos {stats['nn10_cos']}, PR-dim {stats['pr_dim']}")
-    held_img, held_proto = img_all[n:], proto_all[n:]
-    img, proto, cats = img_all[:n], proto_all[:n], cats_all[:n]
-
     lib_dir = work / f"lib-{n}"
-    lib = Library(lib_dir, Settings(library=str(lib_dir)), loader=loader)
-    out: dict = {"n": n, "stats": stats, "distinct_captions": n_proto}
+    settings = Settings(library=str(lib_dir))
+    ctx = {"n": n, "dir": lib_dir, "held_img": img_all[n:], "held_proto": proto_all[n:],
+           "out": {"n": n, "stats": stats, "distinct_captions": n_proto}}
+    out = ctx["out"]
+    writer = Library(lib_dir, settings, loader=loader)
     try:
         model_ids = {r: loader.get(r).model_id for r in ("image", "text", "captioner", "detector")}
-        out["db_write_s"] = write_library(lib, img, proto, bank, cats, rng, model_ids)
+        out["db_write_s"] = write_library(writer, img_all[:n], proto_all[:n], bank, cats_all[:n], rng, model_ids)
         log(f"  database written in {fmt_s(out['db_write_s'])} ({(lib_dir / 'library.sqlite').stat().st_size / 2 ** 20:.0f} MiB)")
-        del img
-        built = build_indices(lib, args.threads)
-        out["build"] = {m: {k: v for k, v in b.items() if k not in ("ids", "vecs")} for m, b in built.items()}
-        t0 = time.perf_counter()
-        searcher = Searcher(lib)  # runs Library.check(): loads and syncs the indices
-        out["open_s"] = time.perf_counter() - t0
-        if searcher.repairs:
-            raise RuntimeError(f"the consistency check had to repair the bench-built indices: {searcher.repairs}")
-        log(f"  Searcher opened in {fmt_s(out['open_s'])} (consistency check: nothing to repair)")
+        ctx["built"] = build_indices(writer, args.threads)
+    finally:
+        writer.store.close()
+        del writer
+        gc.collect()
+    out["build"] = {m: {k: v for k, v in b.items() if k not in ("ids", "vecs")} for m, b in ctx["built"].items()}
+    # a fresh Library on the same folder, as the app would open it: its consistency check loads the
+    # index files from disk and must find nothing to add or remove
+    ctx["lib"] = lib = Library(lib_dir, settings, loader=loader)
+    t0 = time.perf_counter()
+    ctx["searcher"] = Searcher(lib)  # runs Library.check(): loads and syncs the indices
+    out["open_s"] = time.perf_counter() - t0
+    if ctx["searcher"].repairs:
+        raise RuntimeError(f"the consistency check had to repair the bench-built indices: {ctx['searcher'].repairs}")
+    log(f"  Searcher opened in {fmt_s(out['open_s'])} (consistency check: nothing to repair)")
+    return ctx
 
-        log(f"  timing {args.warmup} warm-up + {args.queries} queries with {Path(query_path).name} ...")
-        out["latency"] = time_queries(searcher, query_path, args.warmup, args.queries)
-        lat = out["latency"]
-        log("  " + ", ".join(f"{k} {lat[k]['median']:.1f}" for k in STAGES_MODEL + STAGES_RETRIEVAL) + " ms (medians); "
-            f"model {lat['model']['median']:.0f} ms, retrieval {lat['retrieval']['median']:.1f} ms, "
-            f"wall {lat['wall']['median']:.0f} ms; candidate pool {lat['pool_size']} images")
+
+def finish_size(ctx: dict, args, bank: CaptionBank, query_path: str) -> dict:
+    """Stage breakdowns, the recall study and the search-path recall of one library; then remove it."""
+    from explorer.core import fusion
+    from explorer.core import index as index_mod
+
+    n, lib, searcher, out = ctx["n"], ctx["lib"], ctx["searcher"], ctx["out"]
+    log(f"=== gallery size {n:,}: stage breakdown and recall ===")
+    try:
         out["ann_breakdown"] = ab = ann_breakdown(searcher, query_path)
         pl = ab["pool"]
         log(f"  db_fetch stage ({pl['n']} candidates): get_items image {pl['get_items_image_ms']:.1f} ms + caption "
             f"{pl['get_items_caption_ms']:.1f} ms (a numpy gather of the same image rows: {pl['numpy_gather_image_ms']:.2f} ms), "
-            f"metadata from SQLite {pl['fetch_meta_ms']:.1f} ms")
+            f"metadata from SQLite {pl['fetch_meta_ms']:.1f} ms, live-id sets {ab['live_ids_in_db_fetch_ms']:.1f} ms")
         log("  ann stage: " + ", ".join(f"{m}: knn_query {ab[m]['knn_ms']:.2f} ms, VectorIndex.search {ab[m]['search_ms']:.2f} ms, "
-                                        f"live_ids {ab[m]['live_ids_ms']:.2f} ms" for m in ("image", "caption", "fused")))
+                                        f"live_ids {ab[m]['live_ids_ms']:.2f} ms" for m in ("image", "caption", "fused"))
+            + f"; live-id sets in the ann stage {ab['live_ids_in_ann_ms']:.1f} ms per query")
 
         # recall on the same indices, 200 held-out queries from the same distribution
-        alpha = lib.alpha
+        held_img, held_proto = ctx["held_img"], ctx["held_proto"]
         held_cap = bank.vecs[held_proto]
-        from explorer.core import fusion
-
-        held_fused = np.stack([fusion.fuse_query(a, b, alpha, False) for a, b in zip(held_img, held_cap)])
+        held_fused = np.stack([fusion.fuse_query(a, b, lib.alpha, False) for a, b in zip(held_img, held_cap)])
         out["recall"] = {}
         for mode, q in (("image", held_img), ("caption", held_cap), ("fused", held_fused)):
-            out["recall"][mode] = recall_study(mode, built[mode], q, lib.index(mode), index_mod.DEFAULT_EF)
-        del built
+            out["recall"][mode] = recall_study(mode, ctx["built"][mode], q, lib.index(mode), index_mod.DEFAULT_EF)
+        ctx.pop("built")
         t0 = time.perf_counter()
         out["search_path_recall"] = sp = search_path_recall(searcher, held_img, held_cap, held_proto, bank, args.path_queries)
         log(f"  search-path recall@10 (candidate pool + exact re-score, {args.path_queries} held-out queries): "
-            + ", ".join(f"{m} {v:.3f}" for m, v in sp.items()) + f" ({fmt_s(time.perf_counter() - t0)})")
+            + ", ".join(f"{m} {rc(v)}" for m, v in sp.items() if m != "errors") + f" ({fmt_s(time.perf_counter() - t0)})")
     finally:
-        lib.store.close()
-        lib._indices.clear()
-        shutil.rmtree(lib_dir, ignore_errors=True)
-        gc.collect()
+        close_size(ctx)
     return out
+
+
+def close_size(ctx: dict) -> None:
+    if ctx.get("closed"):
+        return
+    ctx["closed"] = True
+    ctx.pop("built", None)
+    ctx.pop("searcher", None)
+    lib = ctx.pop("lib", None)
+    if lib is not None:
+        lib.store.close()  # not Library.close(): that would save the indices again, for nothing
+    del lib
+    shutil.rmtree(ctx["dir"], ignore_errors=True)
+    gc.collect()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -606,8 +688,8 @@ def ann_worker(spec_json: str) -> int:
     load_s = time.perf_counter() - t0
     after = vm_rss_mib()
     sweep = ef_sweep(idx, queries, spec["k"], spec["efs"])
-    np.savez(spec["out"], **{f"labels_{ef}": lab for ef, (lab, _) in sweep.items()},
-             **{f"times_{ef}": np.array(t) for ef, (_, t) in sweep.items()})
+    np.savez(spec["out"], **{f"labels_{ef}": lab for ef, (lab, _, _) in sweep.items()},
+             **{f"times_{ef}": np.array(t) for ef, (_, t, _) in sweep.items()})
     print(json.dumps({"rss_before_mib": before, "rss_after_mib": after, "load_s": load_s,
                       "rss_after_queries_mib": vm_rss_mib()}), flush=True)
     return 0
@@ -646,11 +728,13 @@ def build_million(x: np.ndarray, dim: int, threads: int, budget_min: float, abor
 def run_million(args, work: Path, offsets: dict) -> dict:
     from explorer.core.index import DEFAULT_EF, EF_CONSTRUCTION, M
 
-    log(f"=== {MILLION:,} vectors (hnswlib M={M}, ef_construction={EF_CONSTRUCTION}, {args.threads} build threads) ===")
-    out: dict = {"n": MILLION, "attempts": []}
+    N = args.million_n
+
+    log(f"=== {N:,} vectors (hnswlib M={M}, ef_construction={EF_CONSTRUCTION}, {args.threads} build threads) ===")
+    out: dict = {"n": N, "attempts": []}
     dims = [1280, 384] if args.million_dim == "auto" else [int(args.million_dim)]
     for attempt, dim in enumerate(dims):
-        need_gib = MILLION * dim * 4 * 2.2 / 2 ** 30
+        need_gib = N * dim * 4 * 2.2 / 2 ** 30
         avail = mem_available_gib()
         if args.million_dim == "auto" and dim == 1280 and avail < need_gib + 2:
             msg = f"1280-d needs ~{need_gib:.1f} GiB, only {avail:.1f} GiB available"
@@ -658,15 +742,15 @@ def run_million(args, work: Path, offsets: dict) -> dict:
             out["attempts"].append({"dim": dim, "result": "skipped", "why": msg})
             continue
         rng = np.random.default_rng(args.seed + 99 + dim)
-        mix = Mixture(dim, MILLION // 100, offsets.get(dim), seed=args.seed + 3 + dim)
+        mix = Mixture(dim, N // 100, offsets.get(dim), seed=args.seed + 3 + dim)
         t0 = time.perf_counter()
-        x, _, _ = mix.sample(MILLION + RECALL_QUERIES, rng, progress=f"1M x {dim}-d")
-        queries = np.ascontiguousarray(x[MILLION:])
-        x = x[:MILLION]
-        log(f"  {MILLION:,} x {dim}-d float32 generated in {fmt_s(time.perf_counter() - t0)} ({x.nbytes / 2 ** 30:.2f} GiB); "
+        x, _, _ = mix.sample(N + RECALL_QUERIES, rng, progress=f"{N:,} x {dim}-d")
+        queries = np.ascontiguousarray(x[N:])
+        x = x[:N]
+        log(f"  {N:,} x {dim}-d float32 generated in {fmt_s(time.perf_counter() - t0)} ({x.nbytes / 2 ** 30:.2f} GiB); "
             f"sample of 600: {neighbourhood_stats(x, 600)}")
         last = attempt == len(dims) - 1
-        idx, secs = build_million(x, dim, args.threads, args.million_budget, abort_if_over=not last, label=f"1M x {dim}-d")
+        idx, secs = build_million(x, dim, args.threads, args.million_budget, abort_if_over=not last, label=f"{N:,} x {dim}-d")
         if idx is None:
             msg = f"projected build time {fmt_s(secs)} exceeds the {args.million_budget:.0f}-minute budget"
             log(f"  giving up on {dim}-d: {msg}; falling back to {dims[attempt + 1]}-d")
@@ -714,7 +798,7 @@ def run_million(args, work: Path, offsets: dict) -> dict:
             times = res[f"times_{ef}"]
             out["ef"][ef] = {"recall": rec, "ms_median": pct(times, 50), "ms_p90": pct(times, 90),
                              "speedup": out["exact_ms_median"] / pct(times, 50)}
-            log(f"  ef {ef:4d}: recall@10 {rec:.3f}, ANN {pct(times, 50):.3f} ms (p90 {pct(times, 90):.3f}), "
+            log(f"  ef {ef:4d}: recall@10 {rc(rec)}, ANN {pct(times, 50):.3f} ms (p90 {pct(times, 90):.3f}), "
                 f"speed-up over exact {out['ef'][ef]['speedup']:.0f}x")
         ok = [ef for ef in efs if out["ef"][ef]["recall"] >= MILLION_RECALL_TARGET]
         out["ef_095"] = ok[0] if ok else None
@@ -737,6 +821,11 @@ def ms(v: float) -> str:
     if v != v:
         return "-"
     return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 1 else f"{v:.2f}"
+
+
+def rc(x: float) -> str:
+    """A recall rounded down to 3 decimals, so that e.g. 0.9895 does not print as 0.990 (>= 0.99)."""
+    return f"{math.floor(x * 1000 + 1e-9) / 1000:.3f}"
 
 
 def markdown(results: dict) -> str:
@@ -767,31 +856,35 @@ def markdown(results: dict) -> str:
         for ef in EF_SWEEP:
             mark = " (default)" if ef == DEFAULT_EF else ""
             lines.append(f"| {ef}{mark} | " + " | ".join(
-                f"{s['recall'][m]['ef'][ef]['recall']:.3f} / {ms(s['recall'][m]['ef'][ef]['ms_median'])}" for s, m in cols) + " |")
+                f"{rc(s['recall'][m]['ef'][ef]['recall'])} / {ms(s['recall'][m]['ef'][ef]['ms_median'])}" for s, m in cols) + " |")
         lines.append("| exact numpy | " + " | ".join(f"1.000 / {ms(s['recall'][m]['exact_ms_median'])}" for s, m in cols) + " |")
         lines.append("| min ef for >= 0.99 | " + " | ".join(str(s['recall'][m]['min_ef_099'] or "> 512") for s, m in cols) + " |")
-        lines.append("| app pool (k=200, ef=200) | " + " | ".join(f"{s['recall'][m]['app_pool_recall10']:.3f}" for s, m in cols) + " |")
+        lines.append("| app pool (k=200, ef=200) | " + " | ".join(
+            rc(s['recall'][m]['app_pool_recall10']) + (f" ({s['recall'][m].get('app_pool_errors')} of {RECALL_QUERIES} queries raised)"
+                                                       if s['recall'][m].get('app_pool_errors') else "") for s, m in cols) + " |")
         lines.append("| search path (pool of 3 indices + exact re-score) | " + " | ".join(
-            f"{s['search_path_recall'][m]:.3f}" for s, m in cols) + " |")
+            rc(s['search_path_recall'][m]) + (f" ({s['search_path_recall']['errors']} failed)" if s['search_path_recall'].get('errors') else "")
+            for s, m in cols) + " |")
         lines.append("")
     mil = results.get("million")
     if mil:
-        e = mil["ef_095"]
-        lines.append(f"**1M vectors, {mil['dim']}-d** (synthetic mixture; M={M}, ef_construction={EF_CONSTRUCTION})\n")
-        lines.append("| build (2 threads) | index on disk | index resident (VmRSS delta) | raw vectors | ef | recall@10 | ANN ms/query | exact numpy ms/query | speed-up |")
-        lines.append("|---|---|---|---|---|---|---|---|---|")
-        shown = [x for x in (e, DEFAULT_EF, mil.get("ef_099")) if x is not None]
-        for ef in sorted(set(shown)):
+        lines.append(f"**{mil['n']:,} vectors, {mil['dim']}-d** (synthetic mixture, 200 held-out queries; M={M}, ef_construction={EF_CONSTRUCTION}; "
+                     f"ANN: one query, 1 thread, k=10; exact: `X @ q` + `argpartition`)\n")
+        lines.append("| | |")
+        lines.append("|---|---|")
+        lines.append(f"| build, {results['args'].get('threads', '2')} threads | {fmt_s(mil['build_s'])} |")
+        lines.append(f"| index file / resident after loading (VmRSS delta, fresh process) / raw float32 vectors | "
+                     f"{mil['file_gib']:.2f} / {mil['rss_delta_gib']:.2f} / {mil['raw_gib']:.2f} GiB |")
+        lines.append(f"| exact numpy search, one query | {ms(mil['exact_ms_median'])} ms (p90 {ms(mil['exact_ms_p90'])}) |")
+        tags: dict[int, list[str]] = {}
+        for ef, tag in ((mil["ef_095"], "smallest with recall@10 >= 0.95"), (DEFAULT_EF, "default"),
+                        (mil.get("ef_099"), "smallest with recall@10 >= 0.99")):
+            if ef is not None:
+                tags.setdefault(ef, []).append(tag)
+        for ef in sorted(tags):
             v = mil["ef"][ef]
-            tag = []
-            if ef == e:
-                tag.append("recall >= 0.95")
-            if ef == DEFAULT_EF:
-                tag.append("default")
-            if ef == mil.get("ef_099"):
-                tag.append("recall >= 0.99")
-            lines.append(f"| {fmt_s(mil['build_s'])} | {mil['file_gib']:.2f} GiB | {mil['rss_delta_gib']:.2f} GiB | {mil['raw_gib']:.2f} GiB | "
-                         f"{ef} ({', '.join(tag)}) | {v['recall']:.3f} | {ms(v['ms_median'])} | {ms(mil['exact_ms_median'])} | {v['speedup']:.0f}x |")
+            lines.append(f"| ANN ef={ef} ({', '.join(tags[ef])}) | recall@10 {rc(v['recall'])}, {ms(v['ms_median'])} ms "
+                         f"(p90 {ms(v['ms_p90'])}), **{v['speedup']:.0f}x** faster than exact |")
         lines.append("")
     return "\n".join(lines)
 
@@ -802,6 +895,7 @@ def main(argv=None) -> int:
     ap.add_argument("--million", action="store_true", help="also build and measure a 1M-vector index")
     ap.add_argument("--million-dim", default="auto", help="dimension at 1M: auto (1280 unless the build is projected over "
                     "--million-budget minutes or memory is short, then 384), or a number")
+    ap.add_argument("--million-n", type=int, default=MILLION, help=argparse.SUPPRESS)  # smaller, to test the code path
     ap.add_argument("--million-budget", type=float, default=MILLION_BUDGET_MIN, help="minutes (default 25)")
     ap.add_argument("--quick", action="store_true", help="smoke test: 10k only, fewer distinct captions")
     ap.add_argument("--queries", type=int, default=25, help="timed warm queries per size (default 25)")
@@ -848,8 +942,22 @@ def main(argv=None) -> int:
             bank = CaptionBank(loader, n_proto, args.seed)
             offsets[384] = bank.vecs.mean(0)
             results["caption_bank"] = {"distinct": len(bank.texts), "embed_s": bank.embed_s}
-            for n in sizes:
-                results["sizes"].append(run_size(n, args, loader, bank, offsets[1280], work, query_path))
+            ctxs = []
+            try:
+                for n in sizes:
+                    ctxs.append(build_size(n, args, loader, bank, offsets[1280], work))
+                log(f"=== warm query latency: {args.warmup} warm-up + {args.queries} timed rounds with {QUERY_PHOTO}, "
+                    f"interleaved over {', '.join(format(c['n'], ',') for c in ctxs)} ===")
+                for ctx, lat in zip(ctxs, time_queries([c["searcher"] for c in ctxs], query_path, args.warmup, args.queries)):
+                    ctx["out"]["latency"] = lat
+                    log(f"  {ctx['n']:,}: " + ", ".join(f"{k} {lat[k]['median']:.1f}" for k in STAGES_MODEL + STAGES_RETRIEVAL)
+                        + f" ms (medians); model {lat['model']['median']:.0f} ms, retrieval {lat['retrieval']['median']:.1f} ms, "
+                        f"wall {lat['wall']['median']:.0f} ms; candidate pool {lat['pool_size']} images")
+                for ctx in ctxs:
+                    results["sizes"].append(finish_size(ctx, args, bank, query_path))
+            finally:
+                for ctx in ctxs:
+                    close_size(ctx)
         if args.million:
             results["million"] = run_million(args, work, offsets)
     finally:
@@ -861,23 +969,26 @@ def main(argv=None) -> int:
 
     for s in results["sizes"]:
         r = s["recall"]["image"]
-        print(f"{s['n']:,}: image index recall@10 at the default ef={DEFAULT_EF}: {r['ef'][DEFAULT_EF]['recall']:.3f}; "
+        print(f"{s['n']:,}: image index recall@10 at the default ef={DEFAULT_EF}: {rc(r['ef'][DEFAULT_EF]['recall'])}; "
               f"smallest ef with recall@10 >= {RECALL_TARGET}: {r['min_ef_099'] or 'not reached within the sweep'}; "
-              f"VectorIndex live-id sets cost {s['ann_breakdown']['live_ids_per_query_ms']:.1f} ms of every query's "
-              f"ann stage ({s['latency']['ann']['median']:.1f} ms); db_fetch ({s['latency']['db_fetch']['median']:.0f} ms): "
-              f"hnswlib get_items {s['ann_breakdown']['pool']['get_items_image_ms'] + s['ann_breakdown']['pool']['get_items_caption_ms']:.0f} ms, "
-              f"SQLite metadata {s['ann_breakdown']['pool']['fetch_meta_ms']:.0f} ms")
+              f"ann stage ({s['latency']['ann']['median']:.1f} ms): live-id sets ~{s['ann_breakdown']['live_ids_in_ann_ms']:.1f} ms, "
+              f"raw knn_query ~{sum(s['ann_breakdown'][m]['knn_ms'] for m in ('image', 'caption', 'fused')):.1f} ms (3 pools); "
+              f"db_fetch ({s['latency']['db_fetch']['median']:.0f} ms): hnswlib get_items "
+              f"~{s['ann_breakdown']['pool']['get_items_image_ms'] + s['ann_breakdown']['pool']['get_items_caption_ms']:.0f} ms, "
+              f"SQLite metadata ~{s['ann_breakdown']['pool']['fetch_meta_ms']:.0f} ms, live-id sets ~{s['ann_breakdown']['live_ids_in_db_fetch_ms']:.0f} ms")
     mil = results.get("million")
     if mil:
         for a in mil["attempts"]:
             if a["result"] != "built":
-                print(f"1M: {a['dim']}-d {a['result']}: {a['why']}")
+                print(f"{mil['n']:,}: {a['dim']}-d {a['result']}: {a['why']}")
+        print(f"{mil['n']:,}: built at {mil['dim']}-d in {fmt_s(mil['build_s'])} with {args.threads} threads "
+              f"(budget {args.million_budget:.0f} min{'; EXCEEDED' if mil['build_s'] > args.million_budget * 60 else ''})")
         e = mil["ef_095"]
         if e is None:
-            print(f"1M ({mil['dim']}-d): recall@10 >= {MILLION_RECALL_TARGET} not reached within ef <= 1024")
+            print(f"{mil['n']:,} ({mil['dim']}-d): recall@10 >= {MILLION_RECALL_TARGET} not reached within ef <= 1024")
         else:
             sp = mil["ef"][e]["speedup"]
-            print(f"1M ({mil['dim']}-d): ef={e} gives recall@10 {mil['ef'][e]['recall']:.3f}; speed-up over exact search "
+            print(f"{mil['n']:,} ({mil['dim']}-d): ef={e} gives recall@10 {rc(mil['ef'][e]['recall'])}; speed-up over exact search "
                   f"{sp:.0f}x (target >= {MILLION_SPEEDUP_TARGET:.0f}x: {'met' if sp >= MILLION_SPEEDUP_TARGET else 'NOT met'})")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=float))
