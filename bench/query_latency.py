@@ -614,7 +614,7 @@ def build_size(n: int, args, loader, bank: CaptionBank, offset: np.ndarray, work
     # index files from disk and must find nothing to add or remove
     ctx["lib"] = lib = Library(lib_dir, settings, loader=loader)
     t0 = time.perf_counter()
-    ctx["searcher"] = Searcher(lib)  # runs Library.check(): loads and syncs the indices
+    ctx["searcher"] = Searcher(lib).open()  # runs Library.check(): loads and syncs the indices
     out["open_s"] = time.perf_counter() - t0
     if ctx["searcher"].repairs:
         raise RuntimeError(f"the consistency check had to repair the bench-built indices: {ctx['searcher'].repairs}")

@@ -146,7 +146,7 @@ def test_unindexed_library_is_a_clear_error(tmp_path, loader):
     from explorer.core.library import Library
 
     with pytest.raises(BadQuery, match="no indexed images"):
-        Searcher(Library(tmp_path / "empty", loader.settings, loader=loader))
+        Searcher(Library(tmp_path / "empty", loader.settings, loader=loader)).open()
 
 
 def test_cli_search_json_and_errors(photo_library, tmp_path):

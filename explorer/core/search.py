@@ -161,19 +161,34 @@ class Searcher:
     """Runs queries against one library. Thread-safe for reads; models are shared with indexing."""
 
     def __init__(self, library: Library, head=None):
-        """``head``: an optional trained fusion head (``explorer.core.learned``), adding mode ``learned``."""
+        """Stores what it is given. ``head``: an optional trained fusion head (``explorer.core.learned``),
+        adding mode ``learned``. ``open()`` (or ``open_searcher``) does the work; a searcher used
+        unopened opens itself on its first query."""
         self.lib = library
         self.head = head
+        self.repairs: list[str] = []
+        self.learned_ids = self.learned_vecs = None
+        self._learned_row: dict[int, int] = {}
+        self.opened = False
+
+    def open(self) -> "Searcher":
+        """Check the library (load the indices, make them agree with the database; repairs in
+        ``self.repairs``) and, with a head, embed the gallery with it. Raises ``BadQuery`` on an
+        empty library. Returns ``self``. Call again after the library changed (indexing, caption
+        edits) to see the new images in the learned mode."""
+        library, head = self.lib, self.head
         if library.store.count_images() == 0:
             raise BadQuery(f"the library at {library.dir} has no indexed images: run `explorer index FOLDER --library {library.dir}` first")
         self.repairs = library.check().lines()  # load the indices and make them agree with the database
-        self.learned_ids = self.learned_vecs = None
         if head is not None:
             from .learned import embed_gallery
 
             ids, vecs = embed_gallery(head, library)
-            self.learned_ids, self.learned_vecs = np.asarray(ids, np.int64), np.asarray(vecs, np.float32)
-            self._learned_row = {int(i): r for r, i in enumerate(self.learned_ids.tolist())}
+            learned_ids, learned_vecs = np.asarray(ids, np.int64), np.asarray(vecs, np.float32)
+            self._learned_row = {int(i): r for r, i in enumerate(learned_ids.tolist())}
+            self.learned_ids, self.learned_vecs = learned_ids, learned_vecs
+        self.opened = True
+        return self
 
     # -- preparing ------------------------------------------------------------------------------
     def prepare(self, spec: QuerySpec) -> PreparedQuery:
@@ -239,6 +254,8 @@ class Searcher:
     # -- candidates and ranking ------------------------------------------------------------------
     def candidate_pool(self, pq: PreparedQuery, k: int) -> "CandidatePool":
         """Gather candidates from every index, then their exact cosines for every mode."""
+        if not self.opened:
+            self.open()
         t0 = time.perf_counter()
         pool_k = max(POOL_MIN, 4 * k)
         ids: set[int] = set()
@@ -399,6 +416,11 @@ class Searcher:
         comparisons = annotate_rank_changes(results, k)
         timings = {**pq.timings, **pool.timings, "rank": t_rank}
         return SearchResult(pq, results, comparisons, alpha, k, timings)
+
+
+def open_searcher(library: Library, head=None) -> Searcher:
+    """A searcher on ``library``, opened (checked, and the gallery embedded with ``head``)."""
+    return Searcher(library, head=head).open()
 
 
 @dataclass

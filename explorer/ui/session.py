@@ -1,47 +1,24 @@
-"""One Library, one ModelLoader and one Searcher per window, shared by every worker.
+"""One Library, one ModelLoader, one Catalog and one Searcher per window, shared by every worker.
 
-Nothing here touches Qt widgets: the methods are called from worker threads. The core's
-models carry their own locks; the Searcher is created lazily (it syncs the indices, which
-loads models) under a lock so that two workers never build two of them.
+Nothing here touches Qt: the methods are called from worker threads. The core's models carry
+their own locks; the Searcher is built and opened lazily (opening syncs the indices, which loads
+models) under a lock so that two workers never build two of them. It is *refreshed* after the
+library changes (indexing, caption edits): a searcher with a fusion head holds the gallery's
+learned embeddings, and an image indexed after the head was loaded must rank in that mode too.
+
+Read queries go through ``explorer.core.catalog.Catalog`` (no SQL here).
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import func, select
-
+from ..core.catalog import Catalog, ImageInfo
 from ..core.config import Settings
-from ..core.errors import ExplorerError
 from ..core.library import Library
 from ..core.models.registry import ModelLoader
-from ..core.store import CaptionRow, DetectionRow, ImageRow, caption_rank
-
-
-@dataclass
-class ImageInfo:
-    """Everything the detail view shows about one library image."""
-
-    image_id: int
-    path: str
-    width: int | None
-    height: int | None
-    status: str
-    error: str | None
-    captions: list[tuple[str, str, float]] = field(default_factory=list)  # (source, text, confidence), most trusted first
-    detections: list[tuple[str, float, tuple[float, float, float, float]]] = field(default_factory=list)
-
-    @property
-    def caption(self) -> str:
-        return self.captions[0][1] if self.captions else ""
-
-    @property
-    def caption_source(self) -> str:
-        return self.captions[0][0] if self.captions else ""
 
 
 class Session:
@@ -53,6 +30,7 @@ class Session:
         else:
             self.loader = loader or ModelLoader(settings)
             self.library = Library(settings.library, settings, loader=self.loader)
+        self.catalog = Catalog(self.library.store)
         self._searcher = None
         self._lock = threading.Lock()
         self.head = None  # a trained fusion head, adding the "learned" mode
@@ -61,81 +39,85 @@ class Session:
     def warm_up(self) -> list[str]:
         """Load every model and make the indices agree with the database; returns repair lines."""
         self.loader.stack()
-        if self.library.store.count_images() == 0:
+        if self.catalog.count_images() == 0:
             return []
         return self.searcher().repairs
 
     def searcher(self):
-        from ..core.search import Searcher
+        """The current searcher, opened (built on first use)."""
+        from ..core.search import open_searcher
 
         with self._lock:
             if self._searcher is None:
-                self._searcher = Searcher(self.library, head=self.head)
+                self._searcher = open_searcher(self.library, head=self.head)
             return self._searcher
 
     def load_head(self, path: str) -> str:
-        """Load a fusion head and rebuild the searcher with it (embeds the gallery: run in a worker)."""
+        """Load a fusion head and open a searcher with it (embeds the gallery: run in a worker)."""
         from ..core.learned import load_head
-        from ..core.search import Searcher
+        from ..core.search import open_searcher
 
         head = load_head(path, self.library)
-        searcher = Searcher(self.library, head=head)
+        searcher = open_searcher(self.library, head=head)
         with self._lock:
             self.head, self._searcher = head, searcher
         return os.path.basename(path)
+
+    def refresh_searcher(self) -> None:
+        """The library changed (images indexed or removed, a caption edited): open a new searcher.
+
+        With a head this re-embeds the gallery, so run it in a worker. Without one the searcher
+        holds nothing per image (the indices it reads are the library's own) and is kept.
+        """
+        from ..core.search import open_searcher
+
+        with self._lock:
+            head, had = self.head, self._searcher is not None
+        if head is None or not had:
+            return
+        if self.catalog.count_images() == 0:
+            self.reset_searcher()
+            return
+        searcher = open_searcher(self.library, head=head)
+        with self._lock:
+            if self.head is head:  # another head may have been loaded meanwhile
+                self._searcher = searcher
 
     def reset_searcher(self) -> None:
         with self._lock:
             self._searcher = None
 
+    def index_folder(self, folder: str, progress=None, cancel=None):
+        """Index one folder into the library, then refresh the searcher; returns the IndexSummary."""
+        from ..core.pipeline import Indexer
+
+        summary = Indexer(self.library).run([folder], progress=progress, cancel=cancel)
+        if summary.indexed or summary.removed:
+            self.refresh_searcher()
+        return summary
+
+    def save_caption(self, image_id: int, text: str) -> None:
+        """Store a user caption (re-embedded at once), then refresh the searcher."""
+        from ..core.edits import set_user_caption
+
+        set_user_caption(self.library, image_id, text)
+        self.refresh_searcher()
+
+    # -- reads (catalog) ---------------------------------------------------------------------
     def gallery_items(self, prefix: str | None) -> tuple[list[int], list[str]]:
-        """Ids and paths of indexed images under ``prefix`` (a folder), in indexing order."""
-        with self.library.store.session() as s:
-            q = select(ImageRow.id, ImageRow.path).where(ImageRow.status == "ok")
-            if prefix:
-                p = prefix.rstrip(os.sep) or os.sep
-                if p == os.sep:
-                    pass
-                else:
-                    q = q.where((ImageRow.folder == p) | ImageRow.folder.startswith(p + os.sep, autoescape=True))
-            rows = s.execute(q.order_by(ImageRow.id)).all()
-        return [r[0] for r in rows], [r[1] for r in rows]
+        return self.catalog.gallery_items(prefix)
 
     def folder_status(self) -> dict[str, tuple[int, int]]:
-        """(indexed, failed) counts for every folder holding library images and all its ancestors."""
-        with self.library.store.session() as s:
-            rows = s.execute(select(ImageRow.folder, ImageRow.status, func.count()).group_by(ImageRow.folder, ImageRow.status)).all()
-        agg: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-        for folder, status, n in rows:
-            p = folder
-            while True:
-                slot = agg[p]
-                slot[0 if status == "ok" else 1] += n
-                parent = os.path.dirname(p)
-                if not parent or parent == p:
-                    break
-                p = parent
-        return {k: (v[0], v[1]) for k, v in agg.items()}
+        return self.catalog.folder_status()
 
     def image_info(self, image_id: int) -> ImageInfo:
-        with self.library.store.session() as s:
-            row = s.get(ImageRow, int(image_id))
-            if row is None:
-                raise ExplorerError(f"image {image_id} is no longer in the library")
-            caps = sorted(s.scalars(select(CaptionRow).where(CaptionRow.image_id == row.id)), key=lambda c: caption_rank(c.source))
-            dets = list(s.scalars(select(DetectionRow).where(DetectionRow.image_id == row.id)))
-            return ImageInfo(row.id, row.path, row.width, row.height, row.status, row.error,
-                             [(c.source, c.text, c.confidence) for c in caps],
-                             [(d.label, d.score, d.box) for d in dets])
+        return self.catalog.image_info(image_id)
 
     def image_id_for_path(self, path: str) -> int | None:
-        real = os.path.realpath(path)
-        with self.library.store.session() as s:
-            return s.scalar(select(ImageRow.id).where(ImageRow.path_key == os.fsencode(real)))
+        return self.catalog.image_id(path)
 
     def folder_counts(self, folder: str) -> tuple[int, int]:
-        st = self.folder_status()
-        return st.get(os.path.realpath(folder), (0, 0))
+        return self.catalog.folder_counts(folder)
 
     def close(self) -> None:
         try:
@@ -146,3 +128,6 @@ class Session:
 
 def library_has(path: str | os.PathLike) -> bool:
     return (Path(path).expanduser() / "library.sqlite").is_file()
+
+
+__all__ = ["Session", "ImageInfo", "library_has"]

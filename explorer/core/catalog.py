@@ -1,0 +1,132 @@
+"""The catalog: named read queries over a library's database, with one path normalisation.
+
+Only the catalog and the store speak SQL. Code outside them (the window, the CLI, search,
+evaluation) asks the catalog a question by name and gets plain Python values back, never
+ORM rows or sessions. Writes go through ``Store`` and the modules that own them
+(``pipeline``, ``edits``).
+
+**One path normalisation.** The library stores every image under ``path_key``: the real path
+(symlinks resolved) as OS bytes, exactly as the indexer's scanner finds it. ``path_key(p)``
+turns any path a user gives (``~``, relative, through a symlink, non-UTF-8 names) into that key,
+and ``image_id(path)`` / ``image_ids(paths)`` are the one way from a file path to an image id.
+
+Folder prefixes (``gallery_items``, ``folder_status``) use the display form stored in
+``ImageRow.folder``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, select
+
+from .errors import ExplorerError
+from .store import CaptionRow, DetectionRow, ImageRow, Store, caption_rank
+
+
+def path_key(path: str | bytes | os.PathLike) -> bytes:
+    """The library's key of a file path: its real path as OS bytes (how the indexer stores it)."""
+    p = os.fsencode(path)
+    return os.path.realpath(os.path.expanduser(p))
+
+
+def real_folder(path: str | os.PathLike) -> str:
+    """A folder as the catalog's folder prefixes name it (real path, display form)."""
+    return os.fsdecode(path_key(path))
+
+
+@dataclass
+class ImageInfo:
+    """Everything the detail view shows about one library image."""
+
+    image_id: int
+    path: str
+    width: int | None
+    height: int | None
+    status: str
+    error: str | None
+    captions: list[tuple[str, str, float]] = field(default_factory=list)  # (source, text, confidence), most trusted first
+    detections: list[tuple[str, float, tuple[float, float, float, float]]] = field(default_factory=list)
+
+    @property
+    def caption(self) -> str:
+        return self.captions[0][1] if self.captions else ""
+
+    @property
+    def caption_source(self) -> str:
+        return self.captions[0][0] if self.captions else ""
+
+
+class Catalog:
+    """Read queries over one ``Store``. Thread-safe as the store's sessions are (one per call)."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    # -- file path -> image id ---------------------------------------------------------------
+    def image_id(self, path: str | bytes | os.PathLike) -> int | None:
+        """The id of the library image at ``path`` (any spelling of it), or None."""
+        with self.store.session() as s:
+            return s.scalar(select(ImageRow.id).where(ImageRow.path_key == path_key(path)))
+
+    def image_ids(self, paths) -> dict[bytes, int]:
+        """``{path_key: image id}`` for those of ``paths`` that are in the library."""
+        keys = list({path_key(p) for p in paths})
+        out: dict[bytes, int] = {}
+        with self.store.session() as s:
+            for i in range(0, len(keys), 500):
+                for k, iid in s.execute(select(ImageRow.path_key, ImageRow.id).where(ImageRow.path_key.in_(keys[i:i + 500]))):
+                    out[k] = iid
+        return out
+
+    # -- browsing ----------------------------------------------------------------------------
+    def count_images(self, status: str | None = "ok") -> int:
+        return self.store.count_images(status)
+
+    def gallery_items(self, prefix: str | None) -> tuple[list[int], list[str]]:
+        """Ids and paths of indexed images under the folder ``prefix`` (all when None), in indexing order."""
+        with self.store.session() as s:
+            q = select(ImageRow.id, ImageRow.path).where(ImageRow.status == "ok")
+            if prefix:
+                p = prefix.rstrip(os.sep) or os.sep
+                if p != os.sep:
+                    q = q.where((ImageRow.folder == p) | ImageRow.folder.startswith(p + os.sep, autoescape=True))
+            rows = s.execute(q.order_by(ImageRow.id)).all()
+        return [r[0] for r in rows], [r[1] for r in rows]
+
+    def folder_status(self) -> dict[str, tuple[int, int]]:
+        """(indexed, failed) counts for every folder holding library images and all its ancestors."""
+        with self.store.session() as s:
+            rows = s.execute(select(ImageRow.folder, ImageRow.status, func.count()).group_by(ImageRow.folder, ImageRow.status)).all()
+        agg: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        for folder, status, n in rows:
+            p = folder
+            while True:
+                slot = agg[p]
+                slot[0 if status == "ok" else 1] += n
+                parent = os.path.dirname(p)
+                if not parent or parent == p:
+                    break
+                p = parent
+        return {k: (v[0], v[1]) for k, v in agg.items()}
+
+    def folder_counts(self, folder: str) -> tuple[int, int]:
+        """(indexed, failed) under one folder (recursively)."""
+        return self.folder_status().get(real_folder(folder), (0, 0))
+
+    def image_info(self, image_id: int) -> ImageInfo:
+        """Path, size, status, captions (most trusted first) and detections of one image."""
+        with self.store.session() as s:
+            row = s.get(ImageRow, int(image_id))
+            if row is None:
+                raise ExplorerError(f"image {image_id} is no longer in the library")
+            caps = sorted(s.scalars(select(CaptionRow).where(CaptionRow.image_id == row.id)), key=lambda c: caption_rank(c.source))
+            dets = list(s.scalars(select(DetectionRow).where(DetectionRow.image_id == row.id)))
+            return ImageInfo(row.id, row.path, row.width, row.height, row.status, row.error,
+                             [(c.source, c.text, c.confidence) for c in caps],
+                             [(d.label, d.score, d.box) for d in dets])
+
+
+__all__ = ["Catalog", "ImageInfo", "path_key", "real_folder"]
