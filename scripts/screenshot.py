@@ -56,19 +56,19 @@ def main() -> int:
             app.processEvents()
             time.sleep(0.02)
             if time.monotonic() - t0 > timeout:
-                raise SystemExit(f"timed out; last error: {win.last_error}")
+                raise SystemExit(f"timed out; last error: {win.notify.last_error}")
 
     done = {"query": False}
-    win.queryFinished.connect(lambda _r: done.__setitem__("query", True))
+    win.search_page.queryFinished.connect(lambda _r: done.__setitem__("query", True))
     win.start_demo(str(gallery))  # indexes when needed, then drops the sample query
     spin(lambda: done["query"], args.timeout)
     query = str(gallery / args.query)
-    if win.current_spec is None or win.current_spec.image != query:
+    if win.search_page.current_spec is None or win.search_page.current_spec.image != query:
         done["query"] = False
         win.query_image(query)
         spin(lambda: done["query"], args.timeout)
-    win.alpha_slider.setValue(int(round(args.alpha * 100)))
-    win.caption_check.setChecked(True)
+    win.search_page.alpha_slider.setValue(int(round(args.alpha * 100)))
+    win.search_page.caption_check.setChecked(True)
     # let every thumbnail arrive
     t0 = time.monotonic()
     while time.monotonic() - t0 < 4:

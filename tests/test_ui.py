@@ -38,7 +38,7 @@ def window(qtbot, lib, qsettings, sample_gallery):
     win = MainWindow(lib.settings, library=lib, qsettings=qsettings, gallery=str(sample_gallery))
     qtbot.addWidget(win)
     win.show()
-    qtbot.waitUntil(lambda: win.warm, timeout=QUERY_TIMEOUT)
+    qtbot.waitUntil(lambda: win.ctx.warm, timeout=QUERY_TIMEOUT)
     return win
 
 
@@ -61,61 +61,61 @@ def names(col) -> list[str]:
 
 
 def run_drop(qtbot, win, path):
-    with qtbot.waitSignal(win.queryFinished, timeout=QUERY_TIMEOUT):
-        drop_file(win.drop_zone, path)
-    return win.result
+    with qtbot.waitSignal(win.search_page.queryFinished, timeout=QUERY_TIMEOUT):
+        drop_file(win.search_page.drop_zone, path)
+    return win.search_page.result
 
 
 def test_drop_runs_query_and_fills_both_columns(qtbot, window, sample_gallery):
     res = run_drop(qtbot, window, sample_gallery / "coffee" / "coffee.jpg")
-    img, fused = window.results.columns["image"], window.results.columns["fused"]
-    assert img.model.rowCount() == window.k() == 10
+    img, fused = window.search_page.results.columns["image"], window.search_page.results.columns["fused"]
+    assert img.model.rowCount() == window.search_page.k() == 10
     assert fused.model.rowCount() == 10
     assert names(img)[0].startswith("coffee_") and names(fused)[0].startswith("coffee_")
     assert "coffee.jpg" not in names(img)  # the query itself is excluded
     # a result card drags out as its file, e.g. onto the query zone
     mime = fused.model.mimeData([fused.model.index(0)])
     assert [u.toLocalFile() for u in mime.urls()] == [fused.names()[0]]
-    assert window.results.columns["caption"].isHidden()
+    assert window.search_page.results.columns["caption"].isHidden()
     # the query view shows the image and its detections; the caption is editable
-    assert window.drop_zone.image is not None and window.drop_zone.detections
-    assert "cup" in window.caption_edit.text()
-    assert "overlap@10" in window.stats_label.text() and "Spearman" in window.stats_label.text()
-    assert window.results.columns["fused"].header.text() == f"Caption-fused (α = {fusion.DEFAULT_ALPHA:.2f})"
+    assert window.search_page.drop_zone.image is not None and window.search_page.drop_zone.detections
+    assert "cup" in window.search_page.caption_edit.text()
+    assert "overlap@10" in window.search_page.stats_label.text() and "Spearman" in window.search_page.stats_label.text()
+    assert window.search_page.results.columns["fused"].header.text() == f"Caption-fused (α = {fusion.DEFAULT_ALPHA:.2f})"
     # rank-change badges come from the other column
     hit = fused.model.hits[0]
     assert hit.other_ranks.get("image") is not None
     # caption-only column on request
-    window.caption_check.setChecked(True)
-    assert not window.results.columns["caption"].isHidden()
-    assert window.results.columns["caption"].model.rowCount() == 10
-    assert "caption" in res.modes or "caption" in window.result.modes
+    window.search_page.caption_check.setChecked(True)
+    assert not window.search_page.results.columns["caption"].isHidden()
+    assert window.search_page.results.columns["caption"].model.rowCount() == 10
+    assert "caption" in res.modes or "caption" in window.search_page.result.modes
 
 
 def test_alpha_slider_reranks_fused_column_live(qtbot, window, sample_gallery):
     run_drop(qtbot, window, sample_gallery / "coffee" / "coffee.jpg")
-    fused = window.results.columns["fused"]
-    image_before = window.results.columns["image"].names()
-    prepared = window.prepared
-    window.alpha_slider.setValue(0)  # synchronous: no worker, no re-encoding
+    fused = window.search_page.results.columns["fused"]
+    image_before = window.search_page.results.columns["image"].names()
+    prepared = window.search_page.prepared
+    window.search_page.alpha_slider.setValue(0)  # synchronous: no worker, no re-encoding
     before = fused.names()
     assert before == image_before  # alpha 0 is image-only
-    window.alpha_slider.setValue(100)
+    window.search_page.alpha_slider.setValue(100)
     after = fused.names()
-    assert window.prepared is prepared
+    assert window.search_page.prepared is prepared
     assert after != before
-    expect = window.searcher.rank(window.prepared, window.pool, "fused", window.k(), 1.0)
+    expect = window.search_page.searcher.rank(window.search_page.prepared, window.search_page.pool, "fused", window.search_page.k(), 1.0)
     assert after == [h.path for h in expect.hits]
-    assert window.results.columns["image"].names() == image_before
-    assert window.results.columns["fused"].header.text() == "Caption-fused (α = 1.00)"
+    assert window.search_page.results.columns["image"].names() == image_before
+    assert window.search_page.results.columns["fused"].header.text() == "Caption-fused (α = 1.00)"
     # k selector
-    window.k_combo.setCurrentIndex(window.k_combo.findData(5))
+    window.search_page.k_combo.setCurrentIndex(window.search_page.k_combo.findData(5))
     assert fused.model.rowCount() == 5
 
 
 def test_clicking_a_detection_box_runs_an_object_query(qtbot, window, sample_gallery):
     run_drop(qtbot, window, sample_gallery / "coffee" / "coffee.jpg")
-    view = window.drop_zone
+    view = window.search_page.drop_zone
     # a box whose centre selects itself (the smallest box under the cursor wins)
     target = None
     for i in range(len(view.detections)):
@@ -125,22 +125,22 @@ def test_clicking_a_detection_box_runs_an_object_query(qtbot, window, sample_gal
             break
     assert target is not None
     label, _, box = view.detections[target]
-    with qtbot.waitSignal(window.queryFinished, timeout=QUERY_TIMEOUT):
+    with qtbot.waitSignal(window.search_page.queryFinished, timeout=QUERY_TIMEOUT):
         qtbot.mouseClick(view, Qt.MouseButton.LeftButton, pos=centre.toPoint())
-    spec = window.current_spec
+    spec = window.search_page.current_spec
     assert spec.kind == "object" and spec.box == tuple(box)
-    assert "Object query" in window.query_info.text() and label in window.query_info.text()
+    assert "Object query" in window.search_page.query_info.text() and label in window.search_page.query_info.text()
     assert view.highlight == target
-    assert window.results.columns["image"].model.rowCount() > 0
+    assert window.search_page.results.columns["image"].model.rowCount() > 0
 
 
 def test_query_caption_edit_reruns_with_the_edited_caption(qtbot, window, sample_gallery):
     run_drop(qtbot, window, sample_gallery / "coffee" / "coffee.jpg")
-    window.caption_edit.setText("a tabby cat sitting")
-    with qtbot.waitSignal(window.queryFinished, timeout=QUERY_TIMEOUT):
-        window.caption_button.click()
-    assert window.current_spec.caption == "a tabby cat sitting"
-    assert window.prepared.caption.source == "user-edited"
+    window.search_page.caption_edit.setText("a tabby cat sitting")
+    with qtbot.waitSignal(window.search_page.queryFinished, timeout=QUERY_TIMEOUT):
+        window.search_page.caption_button.click()
+    assert window.search_page.current_spec.caption == "a tabby cat sitting"
+    assert window.search_page.prepared.caption.source == "user-edited"
 
 
 def test_caption_edit_in_detail_view_persists(qtbot, window, lib, loader, sample_gallery):
@@ -151,7 +151,7 @@ def test_caption_edit_in_detail_view_persists(qtbot, window, lib, loader, sample
     assert dlg.view.image is not None
     assert dlg.caption_edit.toPlainText() == dlg.info.caption != ""
     dlg.caption_edit.setPlainText("grey pebbles on a mountain path")
-    with qtbot.waitSignal(window.captionSaved, timeout=QUERY_TIMEOUT):
+    with qtbot.waitSignal(window.ctx.captionSaved, timeout=QUERY_TIMEOUT):
         dlg.save_button.click()
     qtbot.waitUntil(lambda: dlg.info is not None and dlg.info.caption_source == "user-edited", timeout=QUERY_TIMEOUT)
 
@@ -165,37 +165,37 @@ def test_caption_edit_in_detail_view_persists(qtbot, window, lib, loader, sample
     finally:
         again.store.close()
     # a text query finds it through the new caption
-    window.text_edit.setText("pebbles on a mountain path")
-    with qtbot.waitSignal(window.queryFinished, timeout=QUERY_TIMEOUT):
-        window.search_button.click()
-    assert os.path.basename(window.results.columns["fused"].names()[0]) == "gravel.jpg"
+    window.search_page.text_edit.setText("pebbles on a mountain path")
+    with qtbot.waitSignal(window.search_page.queryFinished, timeout=QUERY_TIMEOUT):
+        window.search_page.search_button.click()
+    assert os.path.basename(window.search_page.results.columns["fused"].names()[0]) == "gravel.jpg"
     dlg.close()
 
 
 def test_bad_dropped_files_show_an_error_and_the_window_stays_usable(qtbot, window, tmp_path, sample_gallery):
     txt = tmp_path / "notes.txt"
     txt.write_text("hello")
-    drop_file(window.drop_zone, txt)
-    assert "not an image file" in window.last_error
+    drop_file(window.search_page.drop_zone, txt)
+    assert "not an image file" in window.notify.last_error
     assert window.banner.isVisible()
 
     fake = tmp_path / "broken.jpg"
     fake.write_bytes(b"this is not a jpeg at all")
-    with qtbot.waitSignal(window.errorShown, timeout=QUERY_TIMEOUT) as blocker:
-        drop_file(window.drop_zone, fake)
+    with qtbot.waitSignal(window.notify.errorShown, timeout=QUERY_TIMEOUT) as blocker:
+        drop_file(window.search_page.drop_zone, fake)
     assert "broken.jpg" in blocker.args[0] and "not an image" in blocker.args[0]
-    assert window.error_label.text() == blocker.args[0]
+    assert window.banner.label.text() == blocker.args[0]
 
-    drop_file(window.drop_zone, tmp_path)
-    assert "is a folder" in window.last_error
+    drop_file(window.search_page.drop_zone, tmp_path)
+    assert "is a folder" in window.notify.last_error
 
     missing_dir = tmp_path / "nope"
     window.index_folder(str(missing_dir))
-    assert "not a folder" in window.last_error
+    assert "not a folder" in window.notify.last_error
 
     # still usable
     run_drop(qtbot, window, sample_gallery / "cat" / "chelsea.jpg")
-    assert names(window.results.columns["image"])[0].startswith("chelsea_")
+    assert names(window.search_page.results.columns["image"])[0].startswith("chelsea_")
     assert not window.banner.isVisible()
 
 
@@ -206,7 +206,7 @@ def test_unreadable_folder_shows_an_error(qtbot, window, tmp_path):
     d.chmod(0)
     try:
         window.index_folder(str(d))
-        assert "permission denied" in window.last_error
+        assert "permission denied" in window.notify.last_error
     finally:
         d.chmod(0o755)
 
@@ -246,7 +246,7 @@ def test_evaluation_panel_runs_and_exports(qtbot, window, sample_gallery, tmp_pa
     with qtbot.waitSignal(panel.failed, timeout=QUERY_TIMEOUT) as blocker:
         panel.start(f"csv:{tmp_path / 'missing.csv'}")
     assert "missing.csv" in blocker.args[0]
-    assert window.last_error == blocker.args[0]
+    assert window.notify.last_error == blocker.args[0]
 
 
 def test_settings_dialog_shows_availability(qtbot, window):
@@ -259,7 +259,7 @@ def test_settings_dialog_shows_availability(qtbot, window):
     qtbot.waitUntil(lambda: "missing" in d.states["captioner"].text(), timeout=QUERY_TIMEOUT)
     d.combos["captioner"].setCurrentText("structured")
     d.save()  # same specs and library: nothing to reload
-    assert window.session.loader is window.session.library.loader
+    assert window.ctx.session.loader is window.ctx.session.library.loader
     d.close()
 
 
@@ -270,7 +270,7 @@ def test_window_state_and_last_gallery_persist(qtbot, lib, qsettings, sample_gal
     win.resize(1234, 777)
     win.main_split.setSizes([300, 934])
     sizes = win.main_split.sizes()
-    qtbot.waitUntil(lambda: win.gallery_model.rowCount() == 4, timeout=QUERY_TIMEOUT)
+    qtbot.waitUntil(lambda: win.sidebar.gallery_model.rowCount() == 4, timeout=QUERY_TIMEOUT)
     win.close()
     assert qsettings.value("last/gallery") == str(sample_gallery / "cat")
     assert qsettings.value("last/library") == str(lib.dir)
@@ -282,8 +282,8 @@ def test_window_state_and_last_gallery_persist(qtbot, lib, qsettings, sample_gal
     # (the offscreen platform clamps window sizes to its virtual screen, so compare what was restored)
     assert qsettings.value("window/geometry") and win2.restoreGeometry(qsettings.value("window/geometry"))
     assert win2.main_split.sizes()[0] == sizes[0]
-    assert win2._gallery_prefix == str(sample_gallery / "cat")
-    qtbot.waitUntil(lambda: win2.gallery_model.rowCount() == 4, timeout=QUERY_TIMEOUT)
+    assert win2.sidebar.current_folder == str(sample_gallery / "cat")
+    qtbot.waitUntil(lambda: win2.sidebar.gallery_model.rowCount() == 4, timeout=QUERY_TIMEOUT)
 
 
 def test_worker_errors_are_wrapped(qtbot, caplog):
@@ -311,23 +311,23 @@ def test_indexing_can_be_cancelled(qtbot, tmp_path, loader, gallery_copy):
                      gallery=str(gallery_copy))
     qtbot.addWidget(win)
     win.show()
-    qtbot.waitUntil(lambda: win.warm, timeout=QUERY_TIMEOUT)
+    qtbot.waitUntil(lambda: win.ctx.warm, timeout=QUERY_TIMEOUT)
     worker_cancel = []
 
     def on_progress(p):
         if p.phase == "indexing" and not worker_cancel:
-            worker_cancel.append(win.index_worker.cancel)
-            win.cancel_button.click()
+            worker_cancel.append(win.indexing.worker.cancel)
+            win.indexing.cancel_button.click()
 
-    with qtbot.waitSignal(win.indexFinished, timeout=180_000) as blocker:
+    with qtbot.waitSignal(win.indexing.finished, timeout=180_000) as blocker:
         win.index_folder(str(gallery_copy))
-        win.index_worker.signals.progress.connect(on_progress)
+        win.indexing.worker.signals.progress.connect(on_progress)
     summary = blocker.args[0]
     assert worker_cancel and worker_cancel[0].is_set()  # the very Event handed to Indexer.run
     assert summary.cancelled and 0 < summary.indexed < 50
     assert "Cancelled" in win.status_label.text()
-    assert win.index_button.isEnabled() and win.index_worker is None
-    qtbot.waitUntil(lambda: win.gallery_model.rowCount() == summary.indexed, timeout=30_000)
+    assert win.sidebar.index_button.isEnabled() and win.indexing.worker is None
+    qtbot.waitUntil(lambda: win.sidebar.gallery_model.rowCount() == summary.indexed, timeout=30_000)
 
 
 def test_learned_column_after_loading_a_fusion_head(qtbot, window, lib, sample_gallery, tmp_path):
@@ -335,11 +335,11 @@ def test_learned_column_after_loading_a_fusion_head(qtbot, window, lib, sample_g
 
     head = tmp_path / "fusion-test.safetensors"
     train_fusion(lib, f"folders:{sample_gallery}", head, epochs=1, threads=1)
-    assert not window.learned_check.isEnabled()
+    assert not window.search_page.learned_check.isEnabled()
     run_drop(qtbot, window, sample_gallery / "cat" / "chelsea.jpg")
-    window.load_head(str(head))  # loads in a worker, then re-runs the current query with the head
-    learned = window.results.columns["learned"]
-    qtbot.waitUntil(lambda: learned.model.rowCount() == window.k(), timeout=QUERY_TIMEOUT)
-    assert window.learned_check.isChecked() and not learned.isHidden()
+    window.search_page.load_head(str(head))  # loads in a worker, then re-runs the current query with the head
+    learned = window.search_page.results.columns["learned"]
+    qtbot.waitUntil(lambda: learned.model.rowCount() == window.search_page.k(), timeout=QUERY_TIMEOUT)
+    assert window.search_page.learned_check.isChecked() and not learned.isHidden()
     assert names(learned)[0].startswith("chelsea_")
-    assert "learned" in window.result.modes and "image_vs_learned" in window.result.comparisons
+    assert "learned" in window.search_page.result.modes and "image_vs_learned" in window.search_page.result.comparisons

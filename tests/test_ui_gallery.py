@@ -108,17 +108,17 @@ def test_dragging_a_grid_item_onto_the_query_runs_it(qtbot, tmp_path, indexed_sa
                      gallery=str(sample_gallery / "motorcycle"))
     qtbot.addWidget(win)
     win.show()
-    qtbot.waitUntil(lambda: win.gallery_model.rowCount() == 2, timeout=60_000)
+    qtbot.waitUntil(lambda: win.sidebar.gallery_model.rowCount() == 2, timeout=60_000)
     # thumbnails of the visible grid cells arrive and land in <library>/thumbnails
-    qtbot.waitUntil(lambda: win.thumbs.get(win.gallery_model.path(0)) is not None, timeout=60_000)
+    qtbot.waitUntil(lambda: win.thumbs.get(win.sidebar.gallery_model.path(0)) is not None, timeout=60_000)
     assert list((dst / "thumbnails").rglob("*.jpg"))
-    row = [win.gallery_model.path(r) for r in range(2)].index(str(sample_gallery / "motorcycle" / "motorcycle_left.jpg"))
-    mime = win.gallery_model.mimeData([win.gallery_model.index(row)])
-    zone = win.drop_zone
+    row = [win.sidebar.gallery_model.path(r) for r in range(2)].index(str(sample_gallery / "motorcycle" / "motorcycle_left.jpg"))
+    mime = win.sidebar.gallery_model.mimeData([win.sidebar.gallery_model.index(row)])
+    zone = win.search_page.drop_zone
     pos = QPointF(zone.width() / 2, zone.height() / 2)
     enter = QDragEnterEvent(pos.toPoint(), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
     zone.dragEnterEvent(enter)
     assert enter.isAccepted()
-    with qtbot.waitSignal(win.queryFinished, timeout=60_000):
+    with qtbot.waitSignal(win.search_page.queryFinished, timeout=60_000):
         zone.dropEvent(QDropEvent(pos, Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier))
-    assert os.path.basename(win.results.columns["image"].names()[0]) == "motorcycle_right.jpg"
+    assert os.path.basename(win.search_page.results.columns["image"].names()[0]) == "motorcycle_right.jpg"

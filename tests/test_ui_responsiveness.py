@@ -53,7 +53,7 @@ def test_main_thread_never_stalls_while_indexing(qtbot, tmp_path, loader, small_
     qtbot.addWidget(win)
     win.show()
     try:
-        qtbot.waitUntil(lambda: win.warm, timeout=60_000)
+        qtbot.waitUntil(lambda: win.ctx.warm, timeout=60_000)
         gaps: list[float] = []
         last = [time.perf_counter()]
 
@@ -67,14 +67,14 @@ def test_main_thread_never_stalls_while_indexing(qtbot, tmp_path, loader, small_
         timer.timeout.connect(beat)
         timer.start()
         t0 = time.perf_counter()
-        with qtbot.waitSignal(win.indexFinished, timeout=400_000) as blocker:
+        with qtbot.waitSignal(win.indexing.finished, timeout=400_000) as blocker:
             win.index_folder(str(small_images))
         timer.stop()
         elapsed = time.perf_counter() - t0
         summary = blocker.args[0]
-        assert summary is not None and summary.indexed == N_IMAGES, win.last_error
+        assert summary is not None and summary.indexed == N_IMAGES, win.notify.last_error
         # the grid filled in while indexing and shows every image at the end
-        qtbot.waitUntil(lambda: win.gallery_model.rowCount() == N_IMAGES, timeout=30_000)
+        qtbot.waitUntil(lambda: win.sidebar.gallery_model.rowCount() == N_IMAGES, timeout=30_000)
         gaps_ms = sorted(g * 1000 for g in gaps[1:])
         worst = gaps_ms[-1]
         p99 = gaps_ms[int(len(gaps_ms) * 0.99)]

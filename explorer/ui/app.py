@@ -73,8 +73,13 @@ def restore_threads(old: dict) -> None:
 def run_app(settings: Settings, gallery: str | None = None, demo: bool = False) -> int:
     from PySide6.QtCore import QSettings
 
+    from ..core.errors import ExplorerError
     from .main_window import APP, ORG, MainWindow
+    from .qtdeps import problem
 
+    missing = problem()
+    if missing:  # one clear line instead of Qt's abort
+        raise ExplorerError(missing)
     tune_threads_for_gui()
     app = make_app()
     qs = QSettings(ORG, APP)
@@ -95,7 +100,7 @@ def run_app(settings: Settings, gallery: str | None = None, demo: bool = False) 
     def excepthook(etype, value, tb):  # an exception in a slot: show it, keep the window alive
         log.error("internal error:\n%s", "".join(traceback.format_exception(etype, value, tb)))
         try:
-            win.show_error(f"internal error: {etype.__name__}: {value}")
+            win.notify.error(f"internal error: {etype.__name__}: {value}")
         except Exception:  # noqa: BLE001
             pass
 

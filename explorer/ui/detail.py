@@ -1,4 +1,6 @@
-"""The detail view of one library image: the full image with every box, and its editable caption."""
+"""The detail view of one library image: the full image with every box, and its editable caption.
+
+It gets the app's context (session, task runner, notifier), never the window."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from PySide6.QtWidgets import (QDialog, QHBoxLayout, QLabel, QPlainTextEdit, QPu
                                QWidget)
 
 from ..core.imageio import load_image
+from .context import NO_LIBRARY
 from .thumbnails import pil_to_qimage
 from .widgets import ImageView
 
@@ -22,13 +25,13 @@ def load_display(path: str, max_side: int = DISPLAY_SIDE):
 
 
 class DetailDialog(QDialog):
-    """Non-modal. ``save`` stores the caption as user-edited and re-embeds it (through the window's worker layer)."""
+    """Non-modal. ``save`` stores the caption as user-edited and re-embeds it (``AppContext.save_caption``)."""
 
     searchRequested = Signal(str)
 
-    def __init__(self, window, image_id: int):
-        super().__init__(window)
-        self.window_ = window
+    def __init__(self, ctx, image_id: int, parent=None):
+        super().__init__(parent)
+        self.ctx = ctx
         self.image_id = int(image_id)
         self.info = None
         self.setWindowTitle("Image details")
@@ -105,7 +108,10 @@ class DetailDialog(QDialog):
 
     # -- loading ---------------------------------------------------------------------------------
     def reload(self) -> None:
-        session = self.window_.session
+        session = self.ctx.session
+        if session is None:
+            self._on_error(NO_LIBRARY)
+            return
 
         def job():
             info = session.image_info(self.image_id)
@@ -115,7 +121,7 @@ class DetailDialog(QDialog):
                 img = (None, str(e))
             return info, img
 
-        self.window_.tasks.start(job, on_result=self._on_loaded, on_error=self._on_error, name="detail")
+        self.ctx.tasks.start(job, on_result=self._on_loaded, on_error=self._on_error, name="detail")
 
     def _on_loaded(self, out) -> None:
         info, (img, size) = out
@@ -150,7 +156,7 @@ class DetailDialog(QDialog):
     def _on_error(self, msg: str) -> None:
         self._set_busy(False)
         self.status.setText(msg)
-        self.window_.show_error(msg)
+        self.ctx.notify.error(msg)
 
     def _set_busy(self, busy: bool) -> None:
         for w in (self.save_button, self.revert_button, self.caption_edit):
@@ -166,7 +172,7 @@ class DetailDialog(QDialog):
     def _submit(self, text: str) -> None:
         self._set_busy(True)
         self.status.setText("saving and re-embedding…")
-        self.window_.save_caption(self.image_id, text, on_done=self._on_saved, on_error=self._on_error)
+        self.ctx.save_caption(self.image_id, text, on_done=self._on_saved, on_error=self._on_error)
 
     def _on_saved(self, _=None) -> None:
         self.status.setText("saved: caption-fused and caption-only retrieval now use this caption")

@@ -2,7 +2,8 @@
 
 Runs ``explorer.core.evaluate.run_evaluation`` in a worker with progress and cancel; the
 figure is built in the worker too (the core uses ``matplotlib.figure.Figure``, never pyplot)
-and embedded with ``FigureCanvasQTAgg``.
+and embedded with ``FigureCanvasQTAgg``. The panel gets the app's context (session, task runner,
+notifier) and a function giving the α to evaluate with, never the window.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QFrame, QGridLayout, QHBoxLayout,
                                QHeaderView, QLabel, QLineEdit, QProgressBar, QPushButton, QSizePolicy, QSplitter,
                                QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+
+from ..core.fusion import DEFAULT_ALPHA
 
 GT_FORMATS = [
     ("folders", "Folders (one sub-folder per label)", "dir"),
@@ -38,9 +41,11 @@ class EvaluationPanel(QWidget):
     failed = Signal(str)
     exported = Signal(list)  # paths written
 
-    def __init__(self, window, parent=None):
+    def __init__(self, ctx, alpha=lambda: DEFAULT_ALPHA, parent=None):
+        """``ctx``: the app's context (session, task runner, notifier); ``alpha()``: the α to evaluate with."""
         super().__init__(parent)
-        self.window_ = window
+        self.ctx = ctx
+        self.alpha = alpha
         self.report = None
         self.worker = None
         self.canvas = None
@@ -212,7 +217,7 @@ class EvaluationPanel(QWidget):
         if not modes:
             self._fail("choose at least one mode to evaluate")
             return
-        if self.window_.session is None:
+        if self.ctx.session is None:
             self._fail("no library is open")
             return
         try:
@@ -220,8 +225,8 @@ class EvaluationPanel(QWidget):
         except ImportError as e:
             self._fail(f"evaluation is not available in this build ({e})")
             return
-        session = self.window_.session
-        alpha = self.window_.alpha()
+        session = self.ctx.session
+        alpha = self.alpha()
         rerank = self.rerank_combo.currentText()
         sweep = self.sweep_check.isChecked()
 
@@ -236,8 +241,8 @@ class EvaluationPanel(QWidget):
         self.progress.setValue(0)
         self.progress.show()
         self.status.setText("starting…")
-        self.worker = self.window_.tasks.start(job, pass_worker=True, on_result=self._on_done, on_error=self._fail,
-                                               on_progress=self._on_progress, on_finished=self._on_finished, name="evaluate")
+        self.worker = self.ctx.tasks.start(job, pass_worker=True, on_result=self._on_done, on_error=self._fail,
+                                            on_progress=self._on_progress, on_finished=self._on_finished, name="evaluate")
 
     def cancel(self) -> None:
         if self.worker is not None:
@@ -257,7 +262,7 @@ class EvaluationPanel(QWidget):
 
     def _fail(self, msg: str) -> None:
         self.status.setText(msg)
-        self.window_.show_error(msg)
+        self.ctx.notify.error(msg)
         self.failed.emit(msg)
 
     def _on_done(self, out) -> None:
@@ -339,7 +344,7 @@ class EvaluationPanel(QWidget):
 
         def done(paths):
             self.status.setText(f"{what} written: " + ", ".join(paths))
-            self.window_.statusBar().showMessage(f"{what} written: " + ", ".join(paths), 8000)
+            self.ctx.notify.info(f"{what} written: " + ", ".join(paths))
             self.exported.emit(paths)
 
-        self.window_.tasks.start(job, on_result=done, on_error=self._fail, name=f"export {what}")
+        self.ctx.tasks.start(job, on_result=done, on_error=self._fail, name=f"export {what}")

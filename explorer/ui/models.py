@@ -1,11 +1,10 @@
-"""Qt item models (no widgets here): gallery images, result hits, folders with index status."""
+"""Qt item models (no widgets here): gallery images and result hits."""
 
 from __future__ import annotations
 
 import os
 
-from PySide6.QtCore import QAbstractListModel, QDir, QMimeData, QModelIndex, QPersistentModelIndex, Qt, QUrl, Slot
-from PySide6.QtWidgets import QFileSystemModel
+from PySide6.QtCore import QAbstractListModel, QMimeData, QModelIndex, QPersistentModelIndex, Qt, QUrl, Slot
 
 from ..core.search import Hit
 from .thumbnails import ThumbnailLoader
@@ -185,50 +184,5 @@ def _esc(s: str) -> str:
     return (s or "").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-class FolderModel(QFileSystemModel):
-    """Folders only, with a second column "Indexed" from the library's counts per folder prefix."""
-
-    STATUS_COLUMN = 1
-
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        self.setFilter(QDir.Filter.AllDirs | QDir.Filter.NoDotAndDotDot | QDir.Filter.Drives)
-        self.setReadOnly(True)
-        self.status: dict[str, tuple[int, int]] = {}
-
-    def set_status(self, status: dict[str, tuple[int, int]]) -> None:
-        self.status = status  # the view repaints what is visible (viewport().update())
-
-    def counts(self, path: str) -> tuple[int, int]:
-        return self.status.get(path.rstrip("/") or "/", (0, 0))
-
-    def data(self, index, role=Qt.ItemDataRole.DisplayRole):
-        if index.column() == self.STATUS_COLUMN:
-            if role in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.ToolTipRole):
-                ok, bad = self.counts(self.filePath(index))
-                if not ok and not bad:
-                    return "" if role == Qt.ItemDataRole.DisplayRole else "not indexed"
-                if role == Qt.ItemDataRole.ToolTipRole:
-                    return f"{ok} images indexed, {bad} failed"
-                return f"{ok:,}" + (f"  ·  {bad} ✗" if bad else "")
-            if role == Qt.ItemDataRole.TextAlignmentRole:
-                return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-            if role == Qt.ItemDataRole.ForegroundRole:
-                from PySide6.QtGui import QColor
-
-                ok, bad = self.counts(self.filePath(index))
-                return QColor("#B3261E") if bad and not ok else QColor("#5F6B7A")
-            return None
-        return super().data(index, role)
-
-    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):  # noqa: N802
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            if section == 0:
-                return "Folder"
-            if section == self.STATUS_COLUMN:
-                return "Indexed"
-        return super().headerData(section, orientation, role)
-
-
-__all__ = ["GalleryModel", "ResultsModel", "FolderModel", "rank_change", "PathRole", "IdRole", "HitRole",
+__all__ = ["GalleryModel", "ResultsModel", "rank_change", "PathRole", "IdRole", "HitRole",
            "FailedRole", "CompareRole", "QPersistentModelIndex"]

@@ -1,5 +1,6 @@
 """Settings: the backend spec of each model role (with availability and what to get when
-missing, from ``registry.probe``) and the library location."""
+missing, from ``registry.probe``) and the library location. It gets the app's context (task
+runner, notifier), not the window; ``saved`` carries the new settings to whoever applies them."""
 
 from __future__ import annotations
 
@@ -40,9 +41,9 @@ def probe_all(settings: Settings) -> dict[str, tuple[bool, str, str]]:
 class SettingsDialog(QDialog):
     saved = Signal(object)  # the new Settings
 
-    def __init__(self, window, settings: Settings):
-        super().__init__(window)
-        self.window_ = window
+    def __init__(self, ctx, settings: Settings, parent=None):
+        super().__init__(parent)
+        self.ctx = ctx
         self.settings = settings
         self.setWindowTitle("Settings")
         self.setMinimumWidth(760)
@@ -132,7 +133,7 @@ class SettingsDialog(QDialog):
 
     def run_probe(self) -> None:
         s = self.current()
-        self.window_.tasks.start(probe_all, s, on_result=self._on_probe, on_error=self.window_.show_error, name="probe")
+        self.ctx.tasks.start(probe_all, s, on_result=self._on_probe, on_error=self.ctx.notify.error, name="probe")
 
     def _on_probe(self, res) -> None:
         for role, (ready, where, hint) in res.items():
@@ -154,7 +155,7 @@ class SettingsDialog(QDialog):
         try:
             new.save()
         except OSError as e:
-            self.window_.show_error(f"cannot save settings: {e}")
+            self.ctx.notify.error(f"cannot save settings: {e}")
             return
         self.saved.emit(new)
         self.accept()
