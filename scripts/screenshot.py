@@ -65,7 +65,7 @@ def main() -> int:
     query = str(gallery / args.query)
     if win.search_page.current_spec is None or win.search_page.current_spec.image != query:
         done["query"] = False
-        win.query_image(query)
+        win.search_page.query_image(query)
         spin(lambda: done["query"], args.timeout)
     win.search_page.alpha_slider.setValue(int(round(args.alpha * 100)))
     win.search_page.caption_check.setChecked(True)
