@@ -178,3 +178,23 @@ def test_images_indexed_after_a_head_is_loaded_rank_in_the_learned_column(qtbot,
     # the very same pixels as the query: it ranks at the top of the learned column
     assert ids.index(new_id) < 3
     assert all(h.score > -1e9 for h in learned.hits)
+
+
+def test_missing_xcb_libraries_name_their_debian_packages_and_stop_the_gui_with_one_line(monkeypatch):
+    from explorer.core.errors import ExplorerError
+    from explorer.ui import app, qtdeps
+
+    assert qtdeps.debian_package("libxcb-icccm.so.4") == "libxcb-icccm4"
+    assert qtdeps.debian_package("libxcb-keysyms.so.1") == "libxcb-keysyms1"
+    assert qtdeps.debian_package("libxcb-shape.so.0") == "libxcb-shape0"
+    assert qtdeps.debian_package("libxkbcommon-x11.so.0") == "libxkbcommon-x11-0"
+    assert qtdeps.uses_xcb({"QT_QPA_PLATFORM": "xcb"}) and not qtdeps.uses_xcb({"QT_QPA_PLATFORM": "offscreen"})
+    assert not qtdeps.uses_xcb({"XDG_SESSION_TYPE": "wayland", "WAYLAND_DISPLAY": "wayland-0"})
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
+    assert qtdeps.missing_packages() == []  # tests and offscreen runs never need X11 libraries
+    monkeypatch.setenv("QT_QPA_PLATFORM", "xcb")
+    monkeypatch.setattr(qtdeps, "missing_libraries", lambda: ["libxcb-icccm.so.4", "libxcb-keysyms.so.1"])
+    msg = qtdeps.problem()
+    assert msg.endswith("install them with: sudo apt-get install -y libxcb-icccm4 libxcb-keysyms1") and "\n" not in msg
+    with pytest.raises(ExplorerError, match="libxcb-icccm4 libxcb-keysyms1"):
+        app.run_app(Settings())

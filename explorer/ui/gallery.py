@@ -194,7 +194,6 @@ class GallerySidebar(QWidget):
         for p in places():
             if p not in self.tree.roots():
                 self.tree.add_root(p, "place")
-        ctx.sessionChanged.connect(lambda _s: (self.refresh_gallery(force_reset=True), self.refresh_folder_status()))
 
     def _build(self, thumbs) -> None:
         lay = QVBoxLayout(self)
@@ -361,8 +360,9 @@ class GallerySidebar(QWidget):
 
         self.ctx.tasks.start(session.folder_status, on_result=done, on_error=self.ctx.notify.error, name="folder status")
 
-    def refresh(self) -> None:
-        self.refresh_gallery()
+    def refresh(self, force_reset: bool = False) -> None:
+        """Grid and counts again (after indexing, or when another library was opened)."""
+        self.refresh_gallery(force_reset=force_reset)
         self.refresh_folder_status()
 
     def on_index_progress(self, p) -> None:

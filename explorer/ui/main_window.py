@@ -165,6 +165,7 @@ class MainWindow(QMainWindow):
             self.thumbs.set_cache_dir(session.library.dir / "thumbnails")
             self.qs.setValue("last/library", str(session.library.dir))
         self._update_library_label()
+        self.sidebar.refresh(force_reset=True)
 
     def _update_library_label(self) -> None:
         session = self.ctx.session

@@ -56,7 +56,7 @@ class SearchPage(QWidget):
         self.base_dets: list = []
         self._query_seq = 0
         self._build(thumbs)
-        ctx.sessionChanged.connect(lambda _s: self.clear_query())
+        ctx.sessionChanged.connect(self._on_session_changed)
         ctx.captionSaved.connect(lambda _i: self.refresh_pool())
 
     # -- construction --------------------------------------------------------------------------
@@ -231,6 +231,12 @@ class SearchPage(QWidget):
         self.query_info.setText(QUERY_HINT)
         self.results.clear()
         self.stats_label.setText(STATS_HINT)
+
+    def _on_session_changed(self, _session) -> None:
+        """Another library or other models: the query and a loaded head belong to the old session."""
+        self.clear_query()
+        self.learned_check.setChecked(False)
+        self.learned_check.setEnabled(False)
 
     def run_query(self, spec: QuerySpec, new_image: bool = True, object_label: str | None = None) -> None:
         session = self.ctx.require_session()
