@@ -19,7 +19,8 @@ from ..core.config import Settings
 from ..core.errors import ExplorerError
 from ..core.library import Library
 from ..core.models.registry import ModelLoader
-from ..core.store import CaptionRow, DetectionRow, ImageRow, caption_rank
+from ..core.captions.sources import JOIN, caption_rank, compose
+from ..core.store import CaptionRow, DetectionRow, ImageRow
 
 
 @dataclass
@@ -34,9 +35,13 @@ class ImageInfo:
     error: str | None
     captions: list[tuple[str, str, float]] = field(default_factory=list)  # (source, text, confidence), most trusted first
     detections: list[tuple[str, float, tuple[float, float, float, float]]] = field(default_factory=list)
+    #: the active caption's parts, (source, text), as ``captions.sources.compose`` joined them
+    parts: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def caption(self) -> str:
+        if self.parts:
+            return JOIN.join(t for _, t in self.parts)
         return self.captions[0][1] if self.captions else ""
 
     @property
@@ -124,9 +129,11 @@ class Session:
                 raise ExplorerError(f"image {image_id} is no longer in the library")
             caps = sorted(s.scalars(select(CaptionRow).where(CaptionRow.image_id == row.id)), key=lambda c: caption_rank(c.source))
             dets = list(s.scalars(select(DetectionRow).where(DetectionRow.image_id == row.id)))
+            active = compose(caps)
             return ImageInfo(row.id, row.path, row.width, row.height, row.status, row.error,
                              [(c.source, c.text, c.confidence) for c in caps],
-                             [(d.label, d.score, d.box) for d in dets])
+                             [(d.label, d.score, d.box) for d in dets],
+                             list(active.parts) if active is not None else [])
 
     def image_id_for_path(self, path: str) -> int | None:
         real = os.path.realpath(path)
