@@ -139,7 +139,9 @@ def cmd_caption(args) -> int:
         print(json.dumps(report, indent=2, ensure_ascii=False))
         return 0
     a = report["active"]
-    print(f"{a['text']}  [{a['source']}]" if a else "(no caption)")
+    print(f"{a['text']}  [{' + '.join(p[0] for p in a['parts'])}]" if a else "(no caption)")
+    if report["in_library"] and not args.sources:
+        return 0
     where = "stored in the library" if report["in_library"] else "read now (not in the library)"
     print(f"{report['path']}: {where}")
     for part in report["sources"]:
@@ -231,6 +233,7 @@ def register(sub, add_library_option, add_model_options) -> None:
     s.add_argument("image", metavar="PATH")
     s.add_argument("text", nargs="?", help="the new caption; \"\" removes your edit")
     s.add_argument("--no-models", action="store_true", help="for a file not in the library: only sources that need no model")
+    s.add_argument("--sources", action="store_true", help="also print what every caption source says (always for files not in the library)")
     s.add_argument("--json", action="store_true", help="print every source's part as JSON")
     s.set_defaults(func=cmd_caption)
 

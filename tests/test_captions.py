@@ -408,6 +408,9 @@ def test_cli_caption_prints_each_source(metadata_library, metadata_gallery, caps
     root, _ = metadata_gallery
     rc = main(["caption", str(root / "red_summer_dress.jpg"), "--library", str(metadata_library.dir)])
     out = capsys.readouterr().out
+    assert rc == 0 and out.strip().endswith("; red summer dress  [generated + filename]") and len(out.strip().splitlines()) == 1
+    rc = main(["caption", str(root / "red_summer_dress.jpg"), "--library", str(metadata_library.dir), "--sources"])
+    out = capsys.readouterr().out
     assert rc == 0 and "stored in the library" in out
     assert "filename      red summer dress" in out and "active: generated (generated + filename)" in out
     rc = main(["caption", str(root / "xmp.jpg"), "--library", str(metadata_library.dir / "none"), "--no-models", "--json"])

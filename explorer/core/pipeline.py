@@ -216,6 +216,9 @@ class Work:
     extras: dict[str, Caption] = field(default_factory=dict)
     #: run OCR on this image (the source is on and it has not been read yet)
     ocr: bool = False
+    #: stored caption rows differ from what the files say now (rows are rewritten; the caption is
+    #: re-embedded only when the active caption changes)
+    rows: bool = False
 
     @property
     def user_caption(self) -> Caption | None:
@@ -335,10 +338,13 @@ class Indexer:
                     continue
                 mine = caps.get(row.id, {})
                 stored_users = {k: mine[k].text for k in REREAD_USER_SOURCES if k in mine}
-                user_changed = stored_users != {k: c.text for k, c in users.items()}
+                rows_changed = stored_users != {k: c.text for k, c in users.items()}
+                old_user = compose([mine[k] for k in REREAD_USER_SOURCES if k in mine])
+                new_user = compose(users)
+                user_changed = (old_user.text if old_user else None) != (new_user.text if new_user else None)
                 extras_changed = {k: mine[k].text for k in ("filename", "folder") if k in mine} != {k: c.text for k, c in extras.items()}
                 user = compose(users) if users else None
-                w = Work(path, st, row.id, full=False, user_captions=users, extras=extras)
+                w = Work(path, st, row.id, full=False, user_captions=users, extras=extras, rows=rows_changed)
                 w.ocr = want_ocr and user is None and "ocr" not in mine
                 ocr_dropped = not want_ocr and "ocr" in mine
                 if not same_stat:
@@ -349,7 +355,7 @@ class Indexer:
                 w.caption = not has_override and (gen is None or gen.model_id != captioner.model_id or w.detect)
                 w.image = row.id not in have_img
                 w.text = row.id not in have_txt or user_changed or w.caption or extras_changed or ocr_dropped
-                if w.detect or w.caption or w.image or w.text or w.ocr or w.verify_hash is not None:
+                if w.detect or w.caption or w.image or w.text or w.ocr or w.rows or w.verify_hash is not None:
                     work.append(w)
                 else:
                     summary.unchanged += 1

@@ -216,6 +216,8 @@ class _Reader:
                     self.problems.append(f"{step.__name__.strip('_')}: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}; ignored")
 
     def _exif(self, im) -> None:
+        if im.format == "PNG" and "exif" not in im.info:
+            return  # Pillow would decode the whole PNG looking for an eXIf chunk after the pixels
         exif = im.getexif()
         if not exif:
             return
@@ -260,7 +262,8 @@ class _Reader:
     def _png(self, im) -> None:
         if im.format != "PNG":
             return
-        for k, v in (getattr(im, "text", None) or {}).items():
+        # the chunks before the pixels (where writers put them); ``im.text`` would decode the image
+        for k, v in im.info.items():
             fld = PNG_KEYS.get(str(k).lower())
             if fld and isinstance(v, str):
                 self.add(fld, f"png {k}", v)
