@@ -33,6 +33,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--detector", metavar="SPEC", help="e.g. ssd-mobilenet, hf-detr:facebook/detr-resnet-50")
     g.add_argument("--detector-labels", metavar="L1,L2", help="labels for open-vocabulary detectors")
     g.add_argument("--device", metavar="DEV", help="auto (default), cpu, cuda")
+    g.add_argument("--caption-sources", dest="caption_sources", metavar="S1,S2",
+                   help="caption sources to use besides the captioner: metadata, filename, folder, ocr, all or none "
+                        "(default: metadata,filename); a change re-embeds captions only")
 
 
 def add_library_option(p: argparse.ArgumentParser) -> None:
@@ -41,7 +44,7 @@ def add_library_option(p: argparse.ArgumentParser) -> None:
 
 def settings_from(args) -> Settings:
     keys = {"image": "image_encoder", "text": "text_encoder", "captioner": "captioner", "detector": "detector",
-            "detector_labels": "detector_labels", "device": "device", "library": "library"}
+            "detector_labels": "detector_labels", "device": "device", "library": "library", "caption_sources": "caption_sources"}
     return Settings.load({k: getattr(args, a, None) for k, a in keys.items()})
 
 
@@ -96,8 +99,41 @@ class ProgressBar:
 # subcommands
 
 
+def cmd_fetch(args) -> int:
+    from .core.models.fetch import fetch_model
+
+    if not args.spec:
+        raise ExplorerError("usage: explorer models fetch SPEC (e.g. hf:Salesforce/blip-image-captioning-base)")
+    tty = sys.stderr.isatty()
+    state = {"last": 0.0, "file": None}
+
+    def progress(name: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if name == state["file"] and now - state["last"] < (0.2 if tty else 5) and done < total:
+            return
+        state["last"], state["file"] = now, name
+        frac = done / total if total else 1.0
+        bar = "#" * int(frac * 30) + "." * (30 - int(frac * 30))
+        line = f"[{bar}] {done / 1e6:8.1f} / {total / 1e6:.1f} MB  {name[-40:]}"
+        sys.stderr.write(("\r" + line) if tty else (line + "\n"))
+        sys.stderr.flush()
+
+    res = fetch_model(args.spec, dest=args.dest, endpoint=args.endpoint, revision=args.revision,
+                      progress=None if args.quiet else progress)
+    if not args.quiet and tty:
+        sys.stderr.write("\n")
+    print(f"{res.repo}@{res.revision[:12]}: {len(res.files)} files in {res.folder} "
+          f"({res.downloaded_bytes / 1e6:.1f} MB downloaded, {len(res.already_there)} already there"
+          + (f", resumed {len(res.resumed)}" if res.resumed else "") + "); checksums verified")
+    print(f"use it with: {res.use_hint(args.spec)}")
+    return EXIT_OK
+
+
 def cmd_models(args) -> int:
     from .core.models.registry import ROLES, entries, entry_for, probe
+
+    if getattr(args, "action", None) == "fetch":
+        return cmd_fetch(args)
 
     settings = settings_from(args)
     rows = []
@@ -165,6 +201,10 @@ def cmd_index(args) -> int:
               f"{summary.removed} removed, {len(summary.failures)} failed in {summary.elapsed:.1f} s")
         for f in summary.failures[:50]:
             print(f"  failed: {f.path}: {f.reason}")
+        for f in summary.notes[:20]:
+            print(f"  note: {f.path}: {f.reason}")
+        if len(summary.notes) > 20:
+            print(f"  ... and {len(summary.notes) - 20} more notes (use --json for all)")
         if len(summary.failures) > 50:
             print(f"  ... and {len(summary.failures) - 50} more (use --json for all)")
         if summary.cancelled:
@@ -216,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("models", help="list model roles, chosen backends, where weights were found, what is missing")
     add_model_options(s)
     s.add_argument("--json", action="store_true")
+    s.add_argument("action", nargs="?", choices=["fetch"], help="fetch: download a real model into models/ (only on request)")
+    s.add_argument("spec", nargs="?", metavar="SPEC", help="what to fetch: hf:ORG/NAME, hf-detr:..., hf-owlvit:..., open_clip:ORG/NAME")
+    s.add_argument("--endpoint", metavar="URL", help="model hub URL (default $HF_ENDPOINT or the Hugging Face hub)")
+    s.add_argument("--revision", default="main", help="branch, tag or commit to fetch (default main)")
+    s.add_argument("--dest", metavar="DIR", help="folder to put the files in (default models/ORG--NAME)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_models)
 
     s = sub.add_parser("index", help="index gallery folders (incremental, resumable)")

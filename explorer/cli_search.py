@@ -102,25 +102,57 @@ def cmd_eval(args) -> int:
 
 
 def cmd_caption(args) -> int:
+    """Show what every caption source says about an image and which caption is used; with a
+    text, set the user's own caption (the image must be in the library)."""
+    import json
     import os
 
     from sqlalchemy import select
 
-    from .cli import open_library
+    from .cli import open_library, settings_from
+    from .core.captions.explain import explain_image
     from .core.edits import active_caption, set_user_caption
     from .core.errors import ExplorerError
     from .core.store import ImageRow
 
-    lib = open_library(args, must_exist=True)
-    key = os.fsencode(os.path.realpath(args.image))
-    with lib.store.session() as s:
-        iid = s.scalar(select(ImageRow.id).where(ImageRow.path_key == key))
-    if iid is None:
-        raise ExplorerError(f"{args.image} is not in the library at {lib.dir}; index its folder first")
-    if args.text is not None:
-        set_user_caption(lib, iid, args.text)
-    cap = active_caption(lib, iid)
-    print(f"{cap.text}  [{cap.source}]" if cap else "(no caption)")
+    settings = settings_from(args)
+    has_lib = os.path.isfile(os.path.join(os.path.expanduser(settings.library), "library.sqlite"))
+    if args.text is not None or not os.path.isfile(args.image):
+        lib = open_library(args, settings, must_exist=True)
+        key = os.fsencode(os.path.realpath(args.image))
+        with lib.store.session() as s:
+            iid = s.scalar(select(ImageRow.id).where(ImageRow.path_key == key))
+        if iid is None:
+            raise ExplorerError(f"{args.image} is not in the library at {lib.dir}; index its folder first")
+        if args.text is not None:
+            set_user_caption(lib, iid, args.text)
+        cap = active_caption(lib, iid)
+        print(f"{cap.text}  [{cap.source}]" if cap else "(no caption)")
+        return 0
+    lib = open_library(args, settings) if has_lib else None
+    try:
+        report = explain_image(args.image, settings, library=lib, run_models=not args.no_models)
+    finally:
+        if lib is not None:
+            lib.close()
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return 0
+    a = report["active"]
+    print(f"{a['text']}  [{' + '.join(p[0] for p in a['parts'])}]" if a else "(no caption)")
+    if report["in_library"] and not args.sources:
+        return 0
+    where = "stored in the library" if report["in_library"] else "read now (not in the library)"
+    print(f"{report['path']}: {where}")
+    for part in report["sources"]:
+        state = "" if part["enabled"] else "  (source off)"
+        print(f"  {part['source']:<14}{part['text'] if part['text'] else '-'}{state}")
+        for d in part["details"]:
+            print(f"  {'':<16}{d}")
+    if a:
+        print(f"active: {a['source']} ({' + '.join(p[0] for p in a['parts'])}), weight {a['weight']}")
+    for n in report["notes"]:
+        print(f"  note: {n}")
     return 0
 
 
@@ -195,11 +227,14 @@ def register(sub, add_library_option, add_model_options) -> None:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_train_fusion)
 
-    s = sub.add_parser("caption", help="show an image's caption, or set your own (empty text removes your edit)")
+    s = sub.add_parser("caption", help="show an image's caption from every source and which is used, or set your own (\"\" removes your edit)")
     add_library_option(s)
     add_model_options(s)
     s.add_argument("image", metavar="PATH")
     s.add_argument("text", nargs="?", help="the new caption; \"\" removes your edit")
+    s.add_argument("--no-models", action="store_true", help="for a file not in the library: only sources that need no model")
+    s.add_argument("--sources", action="store_true", help="also print what every caption source says (always for files not in the library)")
+    s.add_argument("--json", action="store_true", help="print every source's part as JSON")
     s.set_defaults(func=cmd_caption)
 
     s = sub.add_parser("import-gt", help="use ground-truth captions and boxes (e.g. COCO) in the library")

@@ -58,8 +58,13 @@ def small_gallery(root: Path, skimage_dir: Path, n: int = 4, side: int = 320) ->
     return out
 
 
+#: These tests check the person-written / generated caption machinery on its own; the optional
+#: caption sources (metadata, file names, OCR) are tested in test_captions.py.
+NO_EXTRA_SOURCES = {"caption_sources": ()}
+
+
 def open_lib(path: Path, loader: ModelLoader) -> Library:
-    return Library(path, Settings(library=str(path)), loader=loader)
+    return Library(path, Settings(library=str(path), **NO_EXTRA_SOURCES), loader=loader)
 
 
 def rows(lib: Library) -> dict[str, ImageRow]:
@@ -307,7 +312,7 @@ def test_model_change_recomputes_only_that_models_vectors(tmp_path, skimage_dir,
     lib.close()
 
     ld = loader_with(loader, text="letters")
-    lib2 = Library(tmp_path / "lib", Settings(text="letters", library=str(tmp_path / "lib")), loader=ld)
+    lib2 = Library(tmp_path / "lib", Settings(text="letters", library=str(tmp_path / "lib"), **NO_EXTRA_SOURCES), loader=ld)
     assert lib2.text_model.model_id == "letters-v1" and lib2.image_model.model_id == im_id
     used = []
     for role in ("detector", "captioner", "image"):
@@ -373,7 +378,7 @@ def test_captioner_change_reuses_stored_detections_in_working_pixels(tmp_path, s
     det = ld.get("detector")
     monkeypatch.setattr(det, "detect", lambda images: pytest.fail("the detector must not run again"))
     BoxCheckCaptioner.seen = []
-    lib2 = Library(tmp_path / "lib", Settings(captioner="boxcheck", library=str(tmp_path / "lib")), loader=ld)
+    lib2 = Library(tmp_path / "lib", Settings(captioner="boxcheck", library=str(tmp_path / "lib"), **NO_EXTRA_SOURCES), loader=ld)
     s = Indexer(lib2).run([g])
     assert s.ok and s.indexed == 1
     [(size, dets)] = BoxCheckCaptioner.seen
@@ -657,7 +662,7 @@ def zoo(tmp_path_factory, skimage_dir):
     env = dict(os.environ, EXPLORER_CONFIG=str(root / "config.json"), XDG_DATA_HOME=str(root / "data"))
     env.pop("EXPLORER_LIBRARY", None)
     lib_dir = root / "lib"
-    cmd = [sys.executable, "-m", "explorer", "index", str(z), "--library", str(lib_dir), "--json", "--quiet", "--captions", str(caps)]
+    cmd = [sys.executable, "-m", "explorer", "index", str(z), "--library", str(lib_dir), "--json", "--quiet", "--captions", str(caps), "--caption-sources", "none"]
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     finally:

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 
 from .errors import ExplorerError
-from .store import CaptionRow, DetectionRow, ImageRow, Store, caption_rank
+from .captions.sources import JOIN, caption_rank, compose
+from .store import CaptionRow, DetectionRow, ImageRow, Store
 
 
 def path_key(path: str | bytes | os.PathLike) -> bytes:
@@ -49,9 +50,13 @@ class ImageInfo:
     error: str | None
     captions: list[tuple[str, str, float]] = field(default_factory=list)  # (source, text, confidence), most trusted first
     detections: list[tuple[str, float, tuple[float, float, float, float]]] = field(default_factory=list)
+    #: the active caption's parts, (source, text), as ``captions.sources.compose`` joined them
+    parts: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def caption(self) -> str:
+        if self.parts:
+            return JOIN.join(t for _, t in self.parts)
         return self.captions[0][1] if self.captions else ""
 
     @property
@@ -124,9 +129,31 @@ class Catalog:
                 raise ExplorerError(f"image {image_id} is no longer in the library")
             caps = sorted(s.scalars(select(CaptionRow).where(CaptionRow.image_id == row.id)), key=lambda c: caption_rank(c.source))
             dets = list(s.scalars(select(DetectionRow).where(DetectionRow.image_id == row.id)))
+            active = compose(caps)
             return ImageInfo(row.id, row.path, row.width, row.height, row.status, row.error,
                              [(c.source, c.text, c.confidence) for c in caps],
-                             [(d.label, d.score, d.box) for d in dets])
+                             [(d.label, d.score, d.box) for d in dets],
+                             list(active.parts) if active is not None else [])
+
+    def ok_image_by_path_or_hash(self, path: str | bytes | os.PathLike, digest_of=None) -> int | None:
+        """The ok library image at ``path``, else (``digest_of(path)`` given) the first with the same content hash."""
+        key = path_key(path)
+        with self.store.session() as s:
+            iid = s.scalar(select(ImageRow.id).where(ImageRow.path_key == key, ImageRow.status == "ok"))
+            if iid is not None or digest_of is None:
+                return iid
+            try:
+                digest = digest_of(key)
+            except OSError:
+                return None
+            if not digest:
+                return None
+            return s.scalar(select(ImageRow.id).where(ImageRow.content_hash == digest, ImageRow.status == "ok").order_by(ImageRow.id).limit(1))
+
+    def active_caption(self, image_id: int):
+        """The active (composed) caption of an image, or None."""
+        with self.store.session() as s:
+            return compose(list(s.scalars(select(CaptionRow).where(CaptionRow.image_id == int(image_id)))))
 
 
 __all__ = ["Catalog", "ImageInfo", "path_key", "real_folder"]

@@ -11,6 +11,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from .captions.sources import DEFAULT_ENABLED, parse_sources
 from .errors import ExplorerError
 
 DEFAULT_SPECS = {
@@ -26,6 +27,7 @@ ENV_VARS = {
     "captioner": "EXPLORER_CAPTIONER",
     "detector": "EXPLORER_DETECTOR",
     "library": "EXPLORER_LIBRARY",
+    "caption_sources": "EXPLORER_CAPTION_SOURCES",
 }
 
 
@@ -53,6 +55,9 @@ class Settings:
     detector_threshold: float = 0.4
     library: str = field(default_factory=lambda: str(default_library()))
     device: str = "auto"
+    #: Switchable caption sources that are on (``captions.sources.SWITCHABLE``): embedded photo
+    #: metadata, file-name words, folder-name words, OCR. Changing them re-embeds captions only.
+    caption_sources: tuple[str, ...] = DEFAULT_ENABLED
 
     def spec(self, role: str) -> str:
         return getattr(self, role)
@@ -60,6 +65,7 @@ class Settings:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["detector_labels"] = list(self.detector_labels)
+        d["caption_sources"] = list(self.caption_sources)
         return d
 
     @classmethod
@@ -85,6 +91,8 @@ class Settings:
             values["detector_labels"] = tuple(s.strip() for s in values["detector_labels"].split(",") if s.strip())
         elif "detector_labels" in values:
             values["detector_labels"] = tuple(values["detector_labels"])
+        if "caption_sources" in values:
+            values["caption_sources"] = parse_sources(values["caption_sources"])
         return replace(cls(), **values)
 
     def save(self) -> Path:

@@ -14,18 +14,21 @@ import numpy as np
 from sqlalchemy import delete, select
 
 from .errors import ExplorerError
-from .store import CaptionRow, ImageRow, VectorRow, caption_rank
+from .captions.sources import compose
+from .models.base import Caption
+from .store import CaptionRow, ImageRow, VectorRow
 
 USER_SOURCE = "user-edited"
 USER_MODEL_ID = "user"
 MAX_CAPTION_CHARS = 2000
 
 
-def active_caption(library, image_id: int) -> CaptionRow | None:
-    """The caption retrieval uses for ``image_id`` (the most trusted source), or None."""
+def active_caption(library, image_id: int):
+    """The caption retrieval uses for ``image_id`` (``captions.sources.compose``: the most trusted
+    person-written one, else the machine parts joined), or None."""
     with library.store.session() as s:
         rows = list(s.scalars(select(CaptionRow).where(CaptionRow.image_id == int(image_id))))
-    return min(rows, key=lambda c: caption_rank(c.source), default=None)
+    return compose(rows)
 
 
 def set_user_caption(library, image_id: int, text: str) -> None:
@@ -70,10 +73,11 @@ def set_captions(library, items, source: str, model_id: str, strict: bool = Fals
                         f"is not indexed ({row.error or row.status}); fix the file and index again"
                     raise ExplorerError(f"{'image ' + str(image_id) if row is None else row.path} {why}")
                 continue
-            after = {c.source: c.text for c in caps.get(image_id, []) if c.source != source}
+            after = {c.source: Caption(c.text, c.source, c.model_id, c.confidence) for c in caps.get(image_id, []) if c.source != source}
             if text:
-                after[source] = text
-            active = after[min(after, key=caption_rank)] if after else None
+                after[source] = Caption(text, source, model_id, 1.0)
+            composed = compose(after)
+            active = composed.text if composed is not None else None
             plan.append((image_id, text, active))
         to_embed = [a for _, _, a in plan if a is not None]
         vecs = iter(text_model.embed_texts(to_embed)) if to_embed else iter(())

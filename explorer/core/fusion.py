@@ -5,7 +5,7 @@ Score of gallery image *i* for a query *q* in the caption-fused mode::
     s(q, i) = (1 - b) * cos_image(q, i) + b * cos_caption(q, i),   b = alpha * w_q * w_i
 
 ``w`` is a caption's *weight* in [0, 1]. Captions a person wrote (sidecar, captions file,
-edited in the app, ground truth) get 1. A generated caption gets::
+edited in the app, ground truth, photo metadata) get 1. A generated caption gets::
 
     w = agreement * (1/2 + confidence/2)
 
@@ -41,7 +41,7 @@ from .models.base import l2_normalise
 #: with agreement weights mAP is flat-to-rising in alpha; 0.5 keeps half the weight on the image
 #: even for fully trusted (user) captions.
 DEFAULT_ALPHA = 0.5
-USER_SOURCES = frozenset({"user-edited", "sidecar", "captions-file", "ground-truth"})
+from .captions.sources import USER_SOURCES  # noqa: E402  (the one list of caption sources)
 AGREEMENT_K = 10
 
 

@@ -22,7 +22,8 @@ from .config import Settings
 from .errors import ExplorerError
 from .index import NO_INDEX_FILE, SyncReport, VectorIndex
 from .models.registry import ModelLoader
-from .store import CaptionRow, ImageRow, Meta, Store, VectorRow, caption_rank
+from .captions.sources import compose
+from .store import CaptionRow, ImageRow, Meta, Store, VectorRow
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +219,7 @@ class Library:
                 agreement = dict(s.execute(select(ImageRow.id, ImageRow.caption_agreement).where(ImageRow.id.in_(common.tolist()))).all()) \
                     if len(common) <= 20000 else dict(s.execute(select(ImageRow.id, ImageRow.caption_agreement)).all())
             for j, iid in enumerate(common.tolist()):
-                best = min(caps.get(iid, []), key=lambda c: caption_rank(c.source), default=None)
+                best = compose(caps.get(iid, []))
                 if best is not None:
                     weights[j] = fusion.caption_weight(best.source, best.confidence, agreement.get(iid))
         return GalleryVectors(common, mat_i, mat_c, weights)

@@ -11,7 +11,14 @@ Stages, overlapped so the models never wait on the disk:
    retrying it, unless it changed or the failure was about access (permission, vanished file);
 3. **decode** in a thread pool (hash + safe decode), a bounded window ahead of the models;
    any failure there is recorded against the file and never stops the run;
-4. **model** batches in the calling thread: detect, caption, embed image, embed caption;
+4. **model** batches in the calling thread: detect, caption (and OCR when that source is on),
+   embed image, embed caption. Captions come from every enabled source
+   (``explorer.core.captions``): sidecar, captions file and embedded metadata (person-written,
+   read in the plan on every run), file and folder names (plan), the captioner and OCR
+   (pixels). Each is stored as its own row with its source; the active caption that is
+   embedded is ``captions.sources.compose`` of them. A change of sources (setting
+   ``caption_sources``) only re-embeds captions: images are not decoded again unless OCR
+   has to read them;
 5. **commit** one transaction per batch (rows, captions, detections, vectors together) and
    sync the hnswlib indices every few seconds and at the end.
 
@@ -36,12 +43,13 @@ from typing import Callable, Iterator
 import numpy as np
 from sqlalchemy import delete, select
 
-from .captions import CaptionsFile, read_sidecar
+from .captions import CaptionsFile, metadata_caption, name_captions, read_sidecar
+from .captions.sources import EXTRA_SOURCES, REREAD_USER_SOURCES, compose
 from .errors import BadImage, ExplorerError
 from .imageio import LoadedImage, is_image_path, load_image
 from .library import Library
 from .models.base import Caption, Detection
-from .store import CaptionRow, DetectionRow, ImageRow, ModelRow, RunRow, VectorRow, caption_rank
+from .store import CaptionRow, DetectionRow, ImageRow, ModelRow, RunRow, VectorRow
 
 HASH_CHUNK = 1 << 20
 #: Failures about access rather than content (a chmod or a file being replaced does not change the
@@ -101,6 +109,8 @@ class IndexSummary:
     cancelled: bool = False
     elapsed: float = 0.0
     repairs: list[str] = field(default_factory=list)
+    #: things that did not stop an image from being indexed, e.g. malformed metadata that was ignored
+    notes: list[Failure] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -111,6 +121,7 @@ class IndexSummary:
             "scanned": self.scanned, "indexed": self.indexed, "unchanged": self.unchanged, "removed": self.removed,
             "failed": len(self.failures), "cancelled": self.cancelled, "elapsed_s": round(self.elapsed, 2),
             "failures": [f.__dict__ for f in self.failures], "repairs": self.repairs,
+            "notes": [f.__dict__ for f in self.notes],
         }
 
 
@@ -199,14 +210,27 @@ class Work:
     caption: bool = False
     image: bool = False
     text: bool = False
-    user_caption: Caption | None = None
+    #: person-written captions read from files this run (sidecar, captions file, metadata) by source
+    user_captions: dict[str, Caption] = field(default_factory=dict)
+    #: machine captions that need no pixels (file and folder names) by source
+    extras: dict[str, Caption] = field(default_factory=dict)
+    #: run OCR on this image (the source is on and it has not been read yet)
+    ocr: bool = False
+    #: stored caption rows differ from what the files say now (rows are rewritten; the caption is
+    #: re-embedded only when the active caption changes)
+    rows: bool = False
+
+    @property
+    def user_caption(self) -> Caption | None:
+        """The most trusted person-written caption read this run."""
+        return compose(self.user_captions) if self.user_captions else None
 
     def needs(self, part: str) -> bool:
         return self.full or getattr(self, part)
 
     @property
     def needs_pixels(self) -> bool:
-        return self.full or self.detect or self.caption or self.image
+        return self.full or self.detect or self.caption or self.image or self.ocr
 
 
 @dataclass
@@ -233,20 +257,40 @@ class Indexer:
         self.batch_size = batch_size
         self.decode_workers = decode_workers or max(2, min(4, os.cpu_count() or 2))
         self.sync_every_s = sync_every_s
+        self.sources = tuple(library.settings.caption_sources)
+        self._ocr = None
+        self._notes: list[Failure] = []
 
     # -- the models ------------------------------------------------------------------------
     def _models(self):
         ld = self.lib.loader
         return ld.get("detector"), ld.get("captioner"), ld.get("image"), ld.get("text")
 
-    def _user_caption(self, path: bytes, has_sidecar: bool) -> Caption | None:
+    def _user_captions(self, path: bytes, has_sidecar: bool) -> dict[str, Caption]:
+        """Every person-written caption kept in files for this image, by source."""
+        out: dict[str, Caption] = {}
         if has_sidecar:
             cap = read_sidecar(Path(os.fsdecode(path)))
             if cap:
-                return cap
+                out[cap.source] = cap
         if self.captions_file is not None:
-            return self.captions_file.get(Path(os.fsdecode(path)))
-        return None
+            cap = self.captions_file.get(Path(os.fsdecode(path)))
+            if cap:
+                out[cap.source] = cap
+        if "metadata" in self.sources:
+            cap, md = metadata_caption(path)
+            if cap:
+                out["metadata"] = cap
+            for why in md.problems:
+                self._notes.append(Failure(display(path), f"metadata: {why}"))
+        return out
+
+    def _ocr_reader(self):
+        if self._ocr is None:
+            from .captions.ocr import OcrReader
+
+            self._ocr = OcrReader()
+        return self._ocr
 
     # -- planning ----------------------------------------------------------------------------
     def plan(self, result: ScanResult, roots: list[bytes], summary: IndexSummary) -> list[Work]:
@@ -277,23 +321,32 @@ class Indexer:
             for i in range(0, len(ids), 500):  # only this run's folders, not the whole library
                 for c in s.scalars(select(CaptionRow).where(CaptionRow.image_id.in_(ids[i:i + 500]))):
                     caps.setdefault(c.image_id, {})[c.source] = c
+            want_ocr = "ocr" in self.sources
             for path, st in result.files:
-                user = self._user_caption(path, path in result.sidecars)
+                users = self._user_captions(path, path in result.sidecars)
+                extras = name_captions(path, self.sources)
                 row = rows.get(path)
                 if row is None:
-                    work.append(Work(path, st, None, user_caption=user))
+                    work.append(Work(path, st, None, user_captions=users, extras=extras, ocr=want_ocr and not users))
                     continue
                 same_stat = row.size == st.st_size and row.mtime_ns == st.st_mtime_ns
                 if row.status != "ok" and (not same_stat or (row.error or "").startswith(RETRY_ERRORS)):
-                    work.append(Work(path, st, row.id, user_caption=user))
+                    work.append(Work(path, st, row.id, user_captions=users, extras=extras, ocr=want_ocr and not users))
                     continue
                 if row.status != "ok":
                     summary.failures.append(Failure(row.path, f"{row.error} (unchanged since an earlier run)"))
                     continue
                 mine = caps.get(row.id, {})
-                stored_user = next((mine[k] for k in ("sidecar", "captions-file") if k in mine), None)
-                user_changed = (user.text if user else None) != (stored_user.text if stored_user else None)
-                w = Work(path, st, row.id, full=False, user_caption=user)
+                stored_users = {k: mine[k].text for k in REREAD_USER_SOURCES if k in mine}
+                rows_changed = stored_users != {k: c.text for k, c in users.items()}
+                old_user = compose([mine[k] for k in REREAD_USER_SOURCES if k in mine])
+                new_user = compose(users)
+                user_changed = (old_user.text if old_user else None) != (new_user.text if new_user else None)
+                extras_changed = {k: mine[k].text for k in ("filename", "folder") if k in mine} != {k: c.text for k, c in extras.items()}
+                user = compose(users) if users else None
+                w = Work(path, st, row.id, full=False, user_captions=users, extras=extras, rows=rows_changed)
+                w.ocr = want_ocr and user is None and "ocr" not in mine
+                ocr_dropped = not want_ocr and "ocr" in mine
                 if not same_stat:
                     w.verify_hash = row.content_hash or ""
                 w.detect = row.detector_model != detector.model_id
@@ -301,12 +354,14 @@ class Indexer:
                 has_override = user is not None or "user-edited" in mine or "ground-truth" in mine
                 w.caption = not has_override and (gen is None or gen.model_id != captioner.model_id or w.detect)
                 w.image = row.id not in have_img
-                w.text = row.id not in have_txt or user_changed or w.caption
-                if w.detect or w.caption or w.image or w.text or w.verify_hash is not None:
+                w.text = row.id not in have_txt or user_changed or w.caption or extras_changed or ocr_dropped
+                if w.detect or w.caption or w.image or w.text or w.ocr or w.rows or w.verify_hash is not None:
                     work.append(w)
                 else:
                     summary.unchanged += 1
         summary.failures.extend(result.problems)
+        summary.notes.extend(self._notes)
+        self._notes = []
         return work
 
     # -- decoding --------------------------------------------------------------------------------
@@ -455,6 +510,14 @@ class Indexer:
             for (key, _), c in zip(items, res):
                 if c is not None:
                     caps[key] = c
+        ocrs: dict[int, Caption] = {}
+        if "ocr" in self.sources:
+            need_ocr = [(id(d), d.loaded.image) for d in pix if d.work.user_caption is None and (d.work.ocr or d.work.full)]
+            if need_ocr:
+                reader = self._ocr_reader()
+                for (key, _), c in zip(need_ocr, guarded(lambda ims: [reader.read(im) for im in ims], need_ocr, "ocr")):
+                    if c is not None:
+                        ocrs[key] = c
         img_vecs: dict[int, np.ndarray] = {}
         need_img = [(id(d), d.loaded.image) for d in pix if d.work.needs("image")]
         if need_img:
@@ -469,17 +532,20 @@ class Indexer:
             if id(d) in errors:
                 continue
             merged = dict(stored_caps.get(d.work.image_id, {}))
-            for src in ("sidecar", "captions-file"):
+            for src in REREAD_USER_SOURCES + ("filename", "folder"):
                 merged.pop(src, None)
-            if d.work.user_caption is not None:
-                merged[d.work.user_caption.source] = d.work.user_caption
+            if "ocr" not in self.sources:
+                merged.pop("ocr", None)
+            merged.update(d.work.user_captions)
+            merged.update(d.work.extras)
             if id(d) in caps:
                 merged["generated"] = caps[id(d)]
-            if not merged:
+            if id(d) in ocrs:
+                merged["ocr"] = ocrs[id(d)]
+            active = compose(merged)
+            if active is None:
                 continue
-            active = merged[min(merged, key=caption_rank)]
-            old = stored_caps.get(d.work.image_id, {})
-            old_active = old[min(old, key=caption_rank)] if old else None
+            old_active = compose(stored_caps.get(d.work.image_id, {}))
             if d.work.needs("text") or old_active is None or old_active.text != active.text:
                 texts[id(d)] = active
         txt_vecs: dict[int, np.ndarray] = {}
@@ -489,7 +555,7 @@ class Indexer:
             for k, v in zip(keys, res):
                 if v is not None:
                     txt_vecs[k] = v
-        self._commit(batch, errors, dets, caps, img_vecs, texts, txt_vecs, summary, detector.model_id, image_enc.model_id, text_enc.model_id)
+        self._commit(batch, errors, dets, caps, img_vecs, texts, txt_vecs, summary, detector.model_id, image_enc.model_id, text_enc.model_id, ocrs)
 
     def _stored_detections(self, decoded: list[Decoded]) -> dict[int, list[Detection]]:
         ids = [d.work.image_id for d in decoded if d.work.image_id is not None]
@@ -510,7 +576,8 @@ class Indexer:
                 out.setdefault(c.image_id, {})[c.source] = Caption(c.text, c.source, c.model_id, c.confidence)
         return out
 
-    def _commit(self, batch, errors, dets, caps, img_vecs, texts, txt_vecs, summary, det_id, img_id, txt_id) -> None:
+    def _commit(self, batch, errors, dets, caps, img_vecs, texts, txt_vecs, summary, det_id, img_id, txt_id, ocrs=None) -> None:
+        ocrs = ocrs or {}
         store = self.lib.store
         with store.Session.begin() as s:
             seq = store.next_seq(s)
@@ -542,7 +609,8 @@ class Indexer:
                         x1, y1, x2, y2 = (v * scale for v in det.box)
                         s.add(DetectionRow(image_id=row.id, model_id=det_id, label=det.label, score=det.score, x1=x1, y1=y1, x2=x2, y2=y2))
                     row.detector_model = det_id
-                for source, cap in ((("generated", caps.get(key)),) + (((w.user_caption.source, w.user_caption),) if w.user_caption else ())):
+                write = [("generated", caps.get(key)), ("ocr", ocrs.get(key))] + list(w.user_captions.items()) + list(w.extras.items())
+                for source, cap in write:
                     if cap is None:
                         continue
                     existing = s.scalar(select(CaptionRow).where(CaptionRow.image_id == row.id, CaptionRow.source == source))
@@ -550,8 +618,12 @@ class Indexer:
                         s.add(CaptionRow(image_id=row.id, source=source, text=cap.text, model_id=cap.model_id, confidence=cap.confidence))
                     else:
                         existing.text, existing.model_id, existing.confidence = cap.text, cap.model_id, cap.confidence
-                if w.user_caption is None:
-                    s.execute(delete(CaptionRow).where(CaptionRow.image_id == row.id, CaptionRow.source.in_(("sidecar", "captions-file"))))
+                # person-written captions and file-name words whose file text went away, and switched-off sources
+                gone = [src for src in REREAD_USER_SOURCES if src not in w.user_captions]
+                gone += [src for src in EXTRA_SOURCES if src != "ocr" and src not in w.extras]
+                if "ocr" not in self.sources:
+                    gone.append("ocr")
+                s.execute(delete(CaptionRow).where(CaptionRow.image_id == row.id, CaptionRow.source.in_(gone)))
                 for kind, model_id, vec in (("image", img_id, img_vecs.get(key)), ("caption", txt_id, txt_vecs.get(key))):
                     if vec is None:
                         continue
@@ -562,7 +634,7 @@ class Indexer:
                     else:
                         existing.data, existing.dim, existing.seq = v.tobytes(), v.size, seq
                     seq += 1
-                if w.full or key in dets or key in caps or key in img_vecs or key in txt_vecs:
+                if w.full or key in dets or key in caps or key in img_vecs or key in txt_vecs or key in ocrs:
                     summary.indexed += 1
                 else:  # e.g. touched: the hash showed the same bytes, nothing was recomputed
                     summary.unchanged += 1

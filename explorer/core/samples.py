@@ -98,7 +98,9 @@ def make_fashion_mnist(out: str | Path, per_class: int = 100, offset: int = 0) -
         d.mkdir(parents=True, exist_ok=True)
         idx = np.flatnonzero(labels == c)[offset : offset + per_class]
         for i in idx:
-            p = d / f"{name}-{i:05d}.png"
+            # the file name carries no word: file names are a caption source, and the label in
+            # every name would leak the ground truth into caption-fused evaluation
+            p = d / f"{i:05d}.png"
             if not p.exists():
                 Image.fromarray(images[i]).save(p)
     return out

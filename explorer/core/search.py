@@ -31,7 +31,9 @@ from .errors import BadImage, BadQuery
 from .imageio import load_image
 from .library import Library
 from .models.base import Caption, Detection, l2_normalise
-from .store import CaptionRow, DetectionRow, ImageRow, caption_rank
+from .captions.sources import compose
+from .catalog import Catalog
+from .store import CaptionRow, DetectionRow, ImageRow
 
 MODES = ("image", "fused", "caption")
 DEFAULT_K = 10
@@ -77,6 +79,9 @@ class PreparedQuery:
     #: the decoded (possibly cropped) query image and its raw detections, for box features
     work_image: object = None
     work_detections: list[Detection] = field(default_factory=list)
+    #: the library image this query is (same path, or same content): its stored vectors, active
+    #: caption and weight are used, exactly as evaluation does, and it is left out of its results
+    library_id: int | None = None
 
 
 @dataclass
@@ -246,10 +251,13 @@ class Searcher:
         t["encode"] = time.perf_counter() - t0
         scale = loaded.scale if spec.box is None else 1.0
         dets_orig = [Detection(d.label, d.score, tuple(v * scale for v in d.box)) for d in dets]
-        return PreparedQuery(
+        pq = PreparedQuery(
             spec, img_vec, cap, cap_vec, 0.0, target, dets_orig, (loaded.width, loaded.height), str(path.resolve()), t,
             work_image=image, work_detections=dets,
         )
+        if spec.kind == "image" and not (spec.caption and spec.caption.strip()):
+            use_library_captions(self.lib, pq)
+        return pq
 
     # -- candidates and ranking ------------------------------------------------------------------
     def candidate_pool(self, pq: PreparedQuery, k: int) -> "CandidatePool":
@@ -266,7 +274,7 @@ class Searcher:
             ids.update(cap_idx.search(pq.caption_vec, pool_k)[0].tolist())
         if pq.image_vec is not None and pq.caption_vec is not None:
             ids.update(fused_idx.search(fusion.fuse_query(pq.image_vec, pq.caption_vec, self.lib.alpha, self.lib.shared_space), pool_k)[0].tolist())
-        if pq.image_vec is not None and pq.caption is not None and pq.spec.image is not None:
+        if pq.image_vec is not None and pq.caption is not None and pq.spec.image is not None and pq.library_id is None:
             self_ids = self._ids_of_path(pq.self_path)
             agreement = self.lib.query_agreement(pq.image_vec, pq.caption_vec, self_ids)
             pq.caption_weight = fusion.caption_weight(pq.caption.source, pq.caption.confidence, agreement)
@@ -313,12 +321,14 @@ class Searcher:
             for r in s.execute(select(ImageRow.id, ImageRow.path, ImageRow.width, ImageRow.height, ImageRow.caption_agreement).where(ImageRow.id.in_(ids))):
                 out[r[0]].update(path=r[1], w=r[2], h=r[3])
                 agreement[r[0]] = r[4]
-            best: dict[int, CaptionRow] = {}
+            rows: dict[int, list[CaptionRow]] = {}
             for c in s.scalars(select(CaptionRow).where(CaptionRow.image_id.in_(ids))):
-                if c.image_id not in best or caption_rank(c.source) < caption_rank(best[c.image_id].source):
-                    best[c.image_id] = c
-            for i, c in best.items():
-                out[i].update(caption=c.text, source=c.source, weight=fusion.caption_weight(c.source, c.confidence, agreement.get(i)))
+                rows.setdefault(c.image_id, []).append(c)
+            for i, cs in rows.items():
+                c = compose(cs)
+                if c is not None:
+                    out[i].update(caption=c.text, source=c.source, parts=c.parts,
+                                  weight=fusion.caption_weight(c.source, c.confidence, agreement.get(i)))
             for d in s.scalars(select(DetectionRow).where(DetectionRow.image_id.in_(ids))):
                 out[d.image_id]["detections"].append({"label": d.label, "score": round(d.score, 4), "box": [round(v, 1) for v in d.box]})
         return out
@@ -354,9 +364,9 @@ class Searcher:
         else:
             raise BadQuery(f"unknown mode '{mode}'; choose from {', '.join(MODES + ('learned',))}")
         scores = np.asarray(scores, np.float32).copy()
-        if pq.self_path is not None:
+        if pq.self_path is not None or pq.library_id is not None:
             for j, i in enumerate(pool.ids.tolist()):
-                if pool.meta[i]["path"] == pq.self_path:
+                if pool.meta[i]["path"] == pq.self_path or i == pq.library_id:
                     scores[j] = -np.inf
         if rerank == "aqe" and len(scores):
             scores = self._alpha_qe(pq, pool, mode, scores, alpha)
@@ -421,6 +431,47 @@ class Searcher:
 def open_searcher(library: Library, head=None) -> Searcher:
     """A searcher on ``library``, opened (checked, and the gallery embedded with ``head``)."""
     return Searcher(library, head=head).open()
+
+
+def use_library_captions(lib: Library, pq: PreparedQuery) -> None:
+    """Make an image query use what the library holds, as evaluation does.
+
+    A query that *is* a library image (same real path, else same content hash, e.g. a copy
+    dropped from elsewhere) takes that image's stored image and caption vectors, its active
+    caption and its caption weight (``Library.gallery_vectors``), and is left out of its own
+    results (``library_id``). Any other image gets the caption sources that need no model
+    (embedded metadata, file and folder names, as enabled in the settings) joined to its
+    generated caption, as indexing would store them; its weight is computed against the
+    library later. Called by ``Searcher.prepare`` for plain image queries.
+    """
+    import os
+
+    from .captions import metadata_caption, name_captions
+    from .captions.sources import compose
+    from .pipeline import content_hash
+
+    real = os.path.realpath(pq.spec.image)
+    catalog = Catalog(lib.store)
+    iid = catalog.ok_image_by_path_or_hash(real, digest_of=content_hash)
+    gal = lib.gallery_vectors([iid]) if iid is not None else None
+    if gal is not None and len(gal.ids) == 1:
+        active = catalog.active_caption(iid)
+        pq.image_vec, pq.caption_vec = gal.image[0].copy(), gal.caption[0].copy()
+        pq.caption = active
+        pq.caption_weight = float(gal.weights[0])
+        pq.library_id = int(iid)
+        return
+    sources = set(lib.settings.caption_sources)
+    found = {"generated": pq.caption} if pq.caption is not None else {}
+    if "metadata" in sources:
+        cap, _ = metadata_caption(real)
+        if cap is not None:
+            found["metadata"] = cap
+    found.update(name_captions(real, sources))
+    composed = compose(found)
+    if composed is not None and composed.text != (pq.caption.text if pq.caption else None):
+        pq.caption = composed
+        pq.caption_vec = lib.loader.get("text").embed_texts([composed.text])[0]
 
 
 @dataclass

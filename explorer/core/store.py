@@ -33,13 +33,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 
 SCHEMA_VERSION = 1
 
-#: Caption sources, most trusted first. The active caption of an image is the most trusted one.
-CAPTION_PRIORITY = ("user-edited", "sidecar", "captions-file", "ground-truth", "generated")
-
-
-def caption_rank(source: str) -> int:
-    """Lower is more trusted; unknown sources rank last."""
-    return CAPTION_PRIORITY.index(source) if source in CAPTION_PRIORITY else len(CAPTION_PRIORITY)
+# Caption sources, most trusted first, and how they combine: one home in captions.sources.
+from .captions.sources import CAPTION_PRIORITY, caption_rank, compose  # noqa: E402,F401
 
 
 class Base(DeclarativeBase):
@@ -77,8 +72,9 @@ class ImageRow(Base):
     def fs_path(self) -> str:
         return os.fsdecode(self.path_key)
 
-    def active_caption(self) -> "CaptionRow | None":
-        return min(self.captions, key=lambda c: caption_rank(c.source), default=None)
+    def active_caption(self):
+        """The caption that is embedded and fused (``captions.sources.compose``), or None."""
+        return compose(self.captions)
 
 
 class CaptionRow(Base):

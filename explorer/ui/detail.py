@@ -144,14 +144,8 @@ class DetailDialog(QDialog):
         self._set_busy(False)
 
     def _show_source(self, info) -> None:
-        if not info.captions:
-            self.source_label.setText("no caption yet")
-            return
-        src, _, conf = info.captions[0]
-        extra = f", confidence {conf:.2f}" if src == "generated" else ""
-        older = [s for s, _, _ in info.captions[1:]]
-        self.source_label.setText(f"source: {src}{extra}" + (f"  (also: {', '.join(older)})" if older else ""))
-        self.revert_button.setEnabled(src == "user-edited")
+        self.source_label.setText(source_text(info))
+        self.revert_button.setEnabled(info.caption_source == "user-edited")
 
     def _on_error(self, msg: str) -> None:
         self._set_busy(False)
@@ -177,3 +171,28 @@ class DetailDialog(QDialog):
     def _on_saved(self, _=None) -> None:
         self.status.setText("saved: caption-fused and caption-only retrieval now use this caption")
         self.reload()
+
+
+def source_text(info) -> str:
+    """Which source each part of the caption came from, e.g. "source: captioner + file name words"."""
+    from ..core.captions.sources import BY_NAME
+
+    if not info.captions:
+        return "no caption yet"
+
+    def label(src: str) -> str:
+        return BY_NAME[src].label if src in BY_NAME else src
+
+    parts = info.parts or [(info.captions[0][0], info.captions[0][1])]
+    conf = {s: c for s, _, c in info.captions}
+    head = "source: " + " + ".join(label(s) for s, _ in parts)
+    if parts[0][0] == "generated":
+        head += f", confidence {conf.get('generated', 0.0):.2f}"
+    lines = [head]
+    if len(parts) > 1:
+        lines += [f"  {label(s)}: {t}" for s, t in parts]
+    used = {s for s, _ in parts}
+    older = [label(s) for s, _, _ in info.captions if s not in used]
+    if older:
+        lines.append("also stored: " + ", ".join(older))
+    return "\n".join(lines)

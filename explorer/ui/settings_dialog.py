@@ -7,9 +7,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFrame, QGridLayout, QHBoxLayout,
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFrame, QGridLayout, QHBoxLayout,
                                QLabel, QLineEdit, QPushButton, QVBoxLayout)
 
+from ..core.captions.sources import SOURCES
 from ..core.config import Settings
 from ..core.errors import ExplorerError
 from ..core.models.registry import ROLES, entries, entry_for, probe
@@ -98,13 +99,38 @@ class SettingsDialog(QDialog):
         lg.addWidget(browse, 1, 2)
         lg.addWidget(hint, 2, 1, 1, 2)
 
+        src_box = QFrame()
+        src_box.setObjectName("Panel")
+        sg = QVBoxLayout(src_box)
+        sg.setContentsMargins(14, 12, 14, 12)
+        st = QLabel("Caption sources")
+        st.setObjectName("Header")
+        sg.addWidget(st)
+        self.source_checks: dict[str, QCheckBox] = {}
+        for src in SOURCES:
+            if not src.switchable:
+                continue
+            cb = QCheckBox(src.label)
+            cb.setChecked(src.name in settings.caption_sources)
+            sg.addWidget(cb)
+            self.source_checks[src.name] = cb
+        sh = QLabel("Person-written metadata counts as your caption (weight 1); file names and OCR join the generated "
+                    "caption and are weighted by agreement. After a change, index again: only captions are re-embedded.")
+        sh.setWordWrap(True)
+        sh.setObjectName("SubHeader")
+        sg.addWidget(sh)
+
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel)
         buttons.accepted.connect(self.save)
         buttons.rejected.connect(self.reject)
         recheck = QPushButton("Check again")
         recheck.clicked.connect(self.run_probe)
+        self.fetch_button = QPushButton("Download captioner")
+        self.fetch_button.setToolTip("Download the captioner named above (hf:ORG/NAME) into models/: only when you press this")
+        self.fetch_button.clicked.connect(self.fetch_captioner)
         bottom = QHBoxLayout()
         bottom.addWidget(recheck)
+        bottom.addWidget(self.fetch_button)
         bottom.addStretch(1)
         bottom.addWidget(buttons)
 
@@ -113,6 +139,7 @@ class SettingsDialog(QDialog):
         lay.setSpacing(10)
         lay.addWidget(box)
         lay.addWidget(lib_box)
+        lay.addWidget(src_box)
         lay.addLayout(bottom)
 
         self._probe_timer = QTimer(self)
@@ -124,7 +151,9 @@ class SettingsDialog(QDialog):
 
     def current(self) -> Settings:
         values = {role: self.combos[role].currentText().strip() or self.settings.spec(role) for role in ROLES}
-        return replace(self.settings, library=self.library_edit.text().strip() or self.settings.library, **values)
+        sources = tuple(name for name, cb in self.source_checks.items() if cb.isChecked())
+        return replace(self.settings, library=self.library_edit.text().strip() or self.settings.library,
+                       caption_sources=sources, **values)
 
     def _schedule_probe(self, *_):
         for st in self.states.values():
@@ -144,6 +173,25 @@ class SettingsDialog(QDialog):
                 lab.setText(f"<span style='color:#CF222E'>● missing</span> &nbsp; to fix: {hint}")
         self.probed = True
         self.adjustSize()
+
+    def fetch_captioner(self) -> None:
+        """Download the captioner spec in the combo box (explorer models fetch), in a worker."""
+        from ..core.models.fetch import fetch_model
+
+        spec = self.combos["captioner"].currentText().strip()
+        self.fetch_button.setEnabled(False)
+        self.states["captioner"].setText(f"downloading {spec}…")
+
+        def done(res):
+            self.fetch_button.setEnabled(True)
+            self.states["captioner"].setText(f"downloaded {len(res.files)} files to {res.folder} (checksums verified)")
+            self.run_probe()
+
+        def failed(msg):
+            self.fetch_button.setEnabled(True)
+            self.states["captioner"].setText(f"<span style='color:#CF222E'>● download failed</span> &nbsp; {msg}")
+
+        self.window_.tasks.start(fetch_model, spec, on_result=done, on_error=failed, name="fetch")
 
     def _browse(self) -> None:
         p = QFileDialog.getExistingDirectory(self, "Library folder", self.library_edit.text())

@@ -1,4 +1,4 @@
-"""User-supplied captions, which always win over generated ones.
+"""User-supplied captions from sidecar text files and captions files (they win over generated ones).
 
 Two sources:
 - a sidecar text file next to the image: ``photo.jpg.txt`` (UTF-8; first non-empty paragraph);
@@ -13,8 +13,8 @@ import json
 import os
 from pathlib import Path
 
-from .errors import ExplorerError
-from .models.base import Caption
+from ..errors import ExplorerError
+from ..models.base import Caption
 
 SIDECAR_SUFFIX = ".txt"
 SIDECAR_MAX_BYTES = 64 * 1024
