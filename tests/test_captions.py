@@ -495,18 +495,15 @@ def test_settings_dialog_has_a_checkbox_per_switchable_source(qtbot):
         def start(self, *a, **k):
             return None
 
-    class Win:
-        tasks = Tasks()
-
-        def show_error(self, msg):
+    class Notify:
+        def error(self, msg):
             raise AssertionError(msg)
 
-    from PySide6.QtWidgets import QWidget
+    class Ctx:
+        tasks, notify = Tasks(), Notify()
 
-    parent = QWidget()
-    qtbot.addWidget(parent)
-    parent.tasks, parent.show_error = Tasks(), Win().show_error
-    dlg = SettingsDialog(parent, Settings())
+    dlg = SettingsDialog(Ctx(), Settings())
+    qtbot.addWidget(dlg)
     assert set(dlg.source_checks) == {"metadata", "filename", "folder", "ocr"}
     assert dlg.source_checks["metadata"].isChecked() and not dlg.source_checks["ocr"].isChecked()
     dlg.source_checks["ocr"].setChecked(True)
