@@ -534,11 +534,12 @@ print(json.dumps({"result": result, "peak_mb": (resource.getrusage(resource.RUSA
 """
 
 
-@pytest.mark.parametrize("width", [1_000_000, 256])
+@pytest.mark.parametrize("width", [1_000_000, 4096, 256])
 def test_crafted_head_config_fails_fast_without_allocating(tmp_path, width):
-    """Valid small tensors, a config claiming d_model = ff_dim = 1e6 (or a plausible 256 that still
-    does not fit the tensors): refused before anything is built, with under 200 MB of extra peak
-    memory (measured in a child process; the old code took 12 GB for 1e6)."""
+    """Valid small tensors, a config claiming d_model = ff_dim = 1e6 (out of bounds), 4096 (within
+    bounds, but not the tensors' shapes: caught on the meta device) or 256: refused before anything
+    is built, with under 200 MB of extra peak memory (measured in a child process; the old code
+    took 12 GB for 1e6)."""
     r = subprocess.run([sys.executable, "-c", CRAFT, str(tmp_path / "evil.safetensors"), str(width)], env=env(),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
