@@ -186,7 +186,9 @@ class Library:
                 return np.zeros(0, np.int64), np.zeros((0, 1), np.float32), high
             gal = self.gallery_vectors(ids)
             vec = fusion.fuse_gallery(gal.image, gal.caption, self.alpha, gal.weights, self.shared_space)
-            refused = {int(i): "a damaged image or caption vector" for i in set(ids) - set(gal.ids.tolist())}
+            # images with both vectors stored whose image or caption vector was refused as damaged
+            lost = (set(ids) - set(gal.ids.tolist())) & self.live_ids("fused") if len(gal.ids) < len(ids) else set()
+            refused = {int(i): "a damaged image or caption vector" for i in lost}
             return gal.ids, vec, high, refused
 
         return fused_changed
@@ -371,8 +373,6 @@ class Library:
                 vi.reset(r, f"{differ} of {compared} compared vectors differ from the database")
                 again = vi.sync(self._changed(mode), self.live_ids(mode))
                 r.added, r.deleted, r.refused = again.added, 0, again.refused
-        if report.refused and self.is_writer:
-            log.warning("damaged stored vectors: %d", report.refused)
         if save and not self.read_only:
             try:
                 with self.writing("checking"):

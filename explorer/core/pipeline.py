@@ -629,7 +629,7 @@ class Indexer:
             with self.lib.store.Session.begin() as s:
                 run = s.get(RunRow, run_id)
                 run.finished = time.time()
-                run.status = "failed" if failed else "cancelled" if summary.cancelled else "done"
+                run.status = "cancelled" if summary.cancelled else "failed" if failed else "done"
                 run.n_indexed, run.n_skipped = summary.indexed, summary.unchanged
                 run.n_failed, run.n_removed = len(summary.failures), summary.removed
         except Exception:  # noqa: BLE001 - e.g. a full disk: the next writer marks the run interrupted
