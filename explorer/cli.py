@@ -175,7 +175,12 @@ def cmd_index(args) -> int:
 
     lib = open_library(args)
     captions = CaptionsFile.load(args.captions) if args.captions else None
-    indexer = Indexer(lib, captions_file=captions, batch_size=args.batch_size)
+    indexer = Indexer(lib, captions_file=captions, batch_size=args.batch_size, follow_symlinks=args.follow_symlinks)
+    with lib.writing("indexing", wait=args.wait, on_wait=lambda m: print(m, file=sys.stderr, flush=True)):
+        return _index(args, lib, indexer)
+
+
+def _index(args, lib, indexer) -> int:
     cancel = threading.Event()
 
     def on_sigint(signum, frame):
@@ -199,6 +204,8 @@ def cmd_index(args) -> int:
         print(f"library: {lib.dir}")
         print(f"scanned {summary.scanned} images: {summary.indexed} indexed, {summary.unchanged} unchanged, "
               f"{summary.removed} removed, {len(summary.failures)} failed in {summary.elapsed:.1f} s")
+        if summary.outside_links:
+            print(f"skipped {summary.outside_links} symlinks that lead outside the indexed folders (--follow-symlinks to index them)")
         for f in summary.failures[:50]:
             print(f"  failed: {f.path}: {f.reason}")
         for f in summary.notes[:20]:
@@ -215,20 +222,31 @@ def cmd_index(args) -> int:
 
 
 def cmd_check(args) -> int:
-    lib = open_library(args, must_exist=True)
-    report = lib.check()
-    lines = report.lines()
-    print("\n".join(lines) if lines else "library is consistent: database and indices agree")
-    from .core.store import ImageRow
-    from sqlalchemy import func, select
+    import contextlib
 
-    with lib.store.session() as s:
-        counts = dict(s.execute(select(ImageRow.status, func.count()).group_by(ImageRow.status)).all())
-    print(f"images: {counts.get('ok', 0)} indexed, {counts.get('error', 0)} with errors")
-    for mode in ("image", "caption", "fused"):
-        print(f"index {mode}: {len(lib.index(mode))} vectors")
-    lib.close()
-    return EXIT_OK
+    lib = open_library(args, must_exist=True)
+    # a writer saves its repairs; a library on read-only media is checked in memory
+    ctx = contextlib.nullcontext() if lib.read_only else \
+        lib.writing("checking", wait=args.wait, on_wait=lambda m: print(m, file=sys.stderr, flush=True))
+    with ctx:
+        report = lib.check(full=args.full, verify_db=True)
+        lines = report.lines()
+        print("\n".join(lines) if lines else "library is consistent: database and indices agree")
+        if lines and not report.saved:
+            print("read-only library: the repairs above were made in memory only")
+        from .core.store import ImageRow
+        from sqlalchemy import func, select
+
+        with lib.store.session() as s:
+            counts = dict(s.execute(select(ImageRow.status, func.count()).group_by(ImageRow.status)).all())
+        print(f"images: {counts.get('ok', 0)} indexed, {counts.get('error', 0)} with errors")
+        what = "all vectors" if args.full else "a sample of vectors"
+        print(f"database: {'integrity_check' if args.full else 'quick_check'} ok; {what} compared with the indices "
+              f"({sum(report.compared.values())} in all)")
+        for mode in ("image", "caption", "fused"):
+            print(f"index {mode}: {len(lib.index(mode))} vectors")
+        lib.close()
+    return EXIT_FAILURES if report.refused else EXIT_OK
 
 
 def cmd_demo_gallery(args) -> int:
@@ -273,11 +291,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--progress", action="store_true", help="print progress lines even when stderr is not a terminal")
+    s.add_argument("--wait", action="store_true", help="if another process is writing the library, wait for it instead of failing")
+    s.add_argument("--follow-symlinks", action="store_true",
+                   help="also index files that symlinks inside the folders point to elsewhere (default: skip them)")
     s.set_defaults(func=cmd_index)
 
     s = sub.add_parser("check", help="check and repair the library (database vs indices)")
     add_library_option(s)
     add_model_options(s)
+    s.add_argument("--full", action="store_true", help="SQLite integrity_check and compare every index vector (slower)")
+    s.add_argument("--wait", action="store_true", help="if another process is writing the library, wait for it")
     s.set_defaults(func=cmd_check)
 
     s = sub.add_parser("sample-gallery", help="write the sample gallery (photos shipped by scikit-image) to a folder")
@@ -297,6 +320,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def storage_error(e: BaseException) -> str | None:
+    """One line for a storage failure (full disk, read-only media, damaged database), else None."""
+    import errno
+
+    from sqlalchemy.exc import DBAPIError
+
+    if isinstance(e, DBAPIError):
+        first = str(e.orig).splitlines()[0] if e.orig is not None else str(e).splitlines()[0]
+        if "malformed" in first or "not a database" in first:
+            return f"the library database is damaged ({first}); run `explorer check --full`, restore library.sqlite from a backup"
+        if "full" in first or "readonly" in first or "disk I/O" in first or "unable to open" in first:
+            return f"cannot write the library database ({first}); nothing was lost, the last committed state is kept"
+        return None
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM):
+        return f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -307,6 +348,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             raise
         print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as e:  # noqa: BLE001 - storage trouble (full disk, damaged database) gets one line too
+        msg = storage_error(e)
+        if msg is None or args.verbose:
+            raise
+        print(f"error: {msg}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

@@ -52,6 +52,11 @@ def set_captions(library, items, source: str, model_id: str, strict: bool = Fals
     override a user's edit. Images not indexed are skipped, or raise with ``strict``.
     Returns how many images were updated.
     """
+    with library.writing(f"storing {source} captions"):  # one writer at a time (see lock.py)
+        return _set_captions(library, items, source, model_id, strict, batch)
+
+
+def _set_captions(library, items, source: str, model_id: str, strict: bool, batch: int) -> int:
     text_model = library.loader.get("text")
     store = library.store
     items = [(int(i), " ".join((t or "").split())) for i, t in items]

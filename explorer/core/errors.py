@@ -28,3 +28,7 @@ class BadGroundTruth(ExplorerError):
 
 class Cancelled(ExplorerError):
     """Long work was cancelled by the user; what was done so far is kept."""
+
+
+class LibraryCorrupt(ExplorerError):
+    """The library database is damaged (a failed integrity check, an empty or foreign file); nothing is changed."""

@@ -20,6 +20,11 @@ GT_SOURCE = "ground-truth"
 
 def import_ground_truth(library, gt: GroundTruth, captions: bool = True, boxes: bool = True) -> dict:
     """Returns counts: images matched, captions set, boxes written, images not in the library."""
+    with library.writing("importing ground truth"):
+        return _import(library, gt, captions, boxes)
+
+
+def _import(library, gt: GroundTruth, captions: bool, boxes: bool) -> dict:
     with library.store.session() as s:
         ids = {os.fsdecode(pk): iid for iid, pk in s.execute(select(ImageRow.id, ImageRow.path_key).where(ImageRow.status == "ok"))}
     wanted = set(gt.captions) | set(gt.boxes)

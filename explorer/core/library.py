@@ -2,8 +2,15 @@
 
 ``Library.check`` (run by the indexer, the searcher and ``explorer check``) makes the indices
 agree with the database: each index is synced against the stored vectors (adding what is
-missing, deleting what is gone, rebuilding a missing or corrupt index file), and what was
-repaired is reported.
+missing, deleting what is gone, rebuilding a missing, damaged or foreign index file), a
+sample of each index's vectors is compared with the stored ones (all of them with ``full``),
+and what was repaired is reported. Damaged stored vectors (NaN, wrong length) are refused
+with a reason, and ``verify_db`` runs SQLite's own ``quick_check`` / ``integrity_check``.
+
+**Writers and readers.** Only the holder of the writer lock (``Library.writing``, see
+``lock.py``) writes: repairs made by a reader (search, evaluation) stay in memory, so a
+library on read-only media can be searched. ``writing`` also marks run rows left ``running``
+by a killed writer as ``interrupted``.
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,11 +28,17 @@ from sqlalchemy import or_, select, update
 
 from . import fusion
 from .config import Settings
-from .errors import ExplorerError
+from .errors import ExplorerError, LibraryCorrupt
 from .index import NO_INDEX_FILE, SyncReport, VectorIndex
+from .lock import LibraryBusy, LibraryReadOnly, WriterLock
 from .models.registry import ModelLoader
 from .captions.sources import compose
-from .store import CaptionRow, ImageRow, Meta, Store, VectorRow
+from .store import CaptionRow, ImageRow, Meta, RunRow, Store, VectorRow, caption_rank, valid_vector_rows
+
+#: vectors per index compared with the database by every check (``full`` compares all)
+CHECK_SAMPLE = 32
+#: up to this many images, caption agreement uses exact neighbours (above: ANN candidates re-scored exactly)
+EXACT_AGREEMENT_MAX = 5000
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +51,22 @@ def slug(model_id: str) -> str:
 class CheckReport:
     repairs: dict[str, SyncReport] = field(default_factory=dict)
     removed_orphans: int = 0
+    #: vectors compared with the database, per index name
+    compared: dict[str, int] = field(default_factory=dict)
+    #: whether the repairs were saved (only a writer saves; a reader repairs in memory)
+    saved: bool = False
 
     def lines(self) -> list[str]:
         # an index that is merely not written yet (nothing stored for it) is not a repair
         out = [f"index {name}: {r}" for name, r in self.repairs.items()
-               if r.added or r.deleted or (r.rebuilt and r.reason != NO_INDEX_FILE)]
+               if r.added or r.deleted or r.refused or (r.rebuilt and r.reason != NO_INDEX_FILE)]
         if self.removed_orphans:
             out.append(f"removed {self.removed_orphans} incomplete image rows")
         return out
+
+    @property
+    def refused(self) -> int:
+        return sum(len(r.refused) for r in self.repairs.values())
 
 
 class Library:
@@ -60,6 +83,37 @@ class Library:
         self.alpha = fusion.DEFAULT_ALPHA
         self._indices: dict[str, VectorIndex] = {}
         self._indices_lock = threading.RLock()  # GUI workers may ask for an index at the same time
+        self.writer_lock = WriterLock(self.dir)
+
+    # -- writing ----------------------------------------------------------------------------
+    @property
+    def read_only(self) -> bool:
+        return self.store.read_only
+
+    @property
+    def is_writer(self) -> bool:
+        """Whether this process holds the library's writer lock (only then is anything saved)."""
+        return self.writer_lock.held
+
+    @contextmanager
+    def writing(self, purpose: str = "writing", wait: bool | float = False, on_wait=None):
+        """Hold the writer lock for a block (re-entrant); ``LibraryBusy`` if another process writes."""
+        if self.read_only:
+            raise LibraryReadOnly(f"library at {self.dir} is read-only: it can be searched but not changed")
+        first = not self.writer_lock.held
+        self.writer_lock.acquire(purpose, wait, on_wait)
+        try:
+            if first:
+                self._mark_interrupted_runs()
+            yield self
+        finally:
+            self.writer_lock.release()
+
+    def _mark_interrupted_runs(self) -> None:
+        """No other writer is alive now, so a run row still ``running`` belongs to a killed process."""
+        with self.store.Session.begin() as s:
+            for r in s.scalars(select(RunRow).where(RunRow.status == "running")):
+                r.status = "interrupted"
 
     # model facts come from the loaded models, so they are loaded lazily
     @property
@@ -84,14 +138,15 @@ class Library:
     def _index_locked(self, mode: str) -> VectorIndex:
         if mode not in self._indices:
             im, tx = self.image_model, self.text_model
+            lib_id = self.store.library_id  # an index built for another library, or before the counters, is rebuilt
             if mode == "image":
-                vi = VectorIndex(self.dir / "indices", f"image--{slug(im.model_id)}", im.dim, {"image": im.model_id})
+                vi = VectorIndex(self.dir / "indices", f"image--{slug(im.model_id)}", im.dim, {"image": im.model_id, "library": lib_id})
             elif mode == "caption":
-                vi = VectorIndex(self.dir / "indices", f"caption--{slug(tx.model_id)}", tx.dim, {"text": tx.model_id})
+                vi = VectorIndex(self.dir / "indices", f"caption--{slug(tx.model_id)}", tx.dim, {"text": tx.model_id, "library": lib_id})
             elif mode == "fused":
                 dim = im.dim if self.shared_space else im.dim + tx.dim
                 src = {"image": im.model_id, "text": tx.model_id, "alpha": self.alpha, "weights": "agreement-v1",
-                       "agreement_version": self.store.get_meta("agreement_version") or "0"}
+                       "agreement_version": self.store.get_meta("agreement_version") or "0", "library": lib_id}
                 vi = VectorIndex(self.dir / "indices", f"fused--{slug(im.model_id)}--{slug(tx.model_id)}", dim, src)
             else:
                 raise ExplorerError(f"unknown index mode '{mode}'")
@@ -101,23 +156,25 @@ class Library:
     def _changed(self, mode: str):
         im, tx = self.image_model.model_id, self.text_model.model_id
 
-        def raw(kind: str, model_id: str):
+        def raw(kind: str, model_id: str, dim: int):
             def changed(seq_high: int):
                 with self.store.session() as s:
                     q = select(VectorRow.image_id, VectorRow.dim, VectorRow.data, VectorRow.seq).join(ImageRow).where(
                         VectorRow.kind == kind, VectorRow.model_id == model_id, ImageRow.status == "ok", VectorRow.seq > seq_high)
                     rows = s.execute(q).all()
+                high = max([seq_high] + [r[3] for r in rows])
+                rows, refused = valid_vector_rows(rows, dim)
                 if not rows:
-                    return np.zeros(0, np.int64), np.zeros((0, 1), np.float32), seq_high
+                    return np.zeros(0, np.int64), np.zeros((0, dim), np.float32), high, refused
                 ids = np.array([r[0] for r in rows], np.int64)
-                mat = np.frombuffer(b"".join(r[2] for r in rows), np.float32).reshape(len(rows), rows[0][1])
-                return ids, mat, max(r[3] for r in rows)
+                mat = np.frombuffer(b"".join(r[2] for r in rows), np.float32).reshape(len(rows), dim)
+                return ids, mat, high, refused
             return changed
 
         if mode == "image":
-            return raw("image", im)
+            return raw("image", im, self.image_model.dim)
         if mode == "caption":
-            return raw("caption", tx)
+            return raw("caption", tx, self.text_model.dim)
 
         def fused_changed(seq_high: int):
             with self.store.session() as s:
@@ -130,7 +187,10 @@ class Library:
                 return np.zeros(0, np.int64), np.zeros((0, 1), np.float32), high
             gal = self.gallery_vectors(ids)
             vec = fusion.fuse_gallery(gal.image, gal.caption, self.alpha, gal.weights, self.shared_space)
-            return gal.ids, vec, high
+            # images with both vectors stored whose image or caption vector was refused as damaged
+            lost = (set(ids) - set(gal.ids.tolist())) & self.live_ids("fused") if len(gal.ids) < len(ids) else set()
+            refused = {int(i): "a damaged image or caption vector" for i in lost}
+            return gal.ids, vec, high, refused
 
         return fused_changed
 
@@ -147,13 +207,54 @@ class Library:
             return ids("image", im) & ids("caption", tx)
 
     def sync_indices(self, save: bool = True) -> dict[str, SyncReport]:
+        """Sync the three indices with the database; ``save`` writes changed ones, but only when
+        this process is the writer (a reader's repairs stay in memory)."""
         reports = {}
+        db_high = self.store.seq_high()
         for mode in ("image", "caption", "fused"):
             vi = self.index(mode)
-            reports[vi.name] = vi.sync(self._changed(mode), self.live_ids(mode))
-            if save:
-                vi.save()
+            reports[vi.name] = vi.sync(self._changed(mode), self.live_ids(mode), db_high)
+        if save:
+            self.save_indices()
         return reports
+
+    def save_indices(self) -> bool:
+        """Write changed indices when this process holds the writer lock; returns whether it may save."""
+        if not self.is_writer:
+            return False
+        for vi in list(self._indices.values()):
+            vi.save()
+        return True
+
+    def compare_index(self, mode: str, sample: int | None = CHECK_SAMPLE) -> tuple[int, int]:
+        """Compare an index's vectors with what the database says they should be.
+
+        Returns (compared, differing). ``sample=None`` compares every vector. A deleted image's id
+        handed to a new image, or a garbled index that still loads, shows up here."""
+        vi = self.index(mode)
+        with vi.lock:
+            ids = np.array(sorted(vi.live_ids()), np.int64)
+        if not len(ids) or vi.index is None:
+            return 0, 0
+        if sample is not None and len(ids) > sample:
+            rng = np.random.default_rng(int(self.store.seq_high()))
+            ids = np.sort(rng.choice(ids, sample, replace=False))
+        differ = compared = 0
+        for s in range(0, len(ids), 4096):
+            chunk = ids[s:s + 4096]
+            if mode == "fused":
+                gal = self.gallery_vectors(chunk.tolist())
+                want_ids, want = gal.ids, fusion.fuse_gallery(gal.image, gal.caption, self.alpha, gal.weights, self.shared_space)
+            else:
+                kind, model = ("image", self.image_model.model_id) if mode == "image" else ("caption", self.text_model.model_id)
+                want_ids, want = self.store.load_vectors(kind, model, chunk.tolist())
+            if not len(want_ids):
+                continue
+            have = vi.get_vectors(want_ids)
+            bad = ~np.isclose(have, np.asarray(want, np.float32), rtol=1e-4, atol=1e-5).all(axis=1)
+            differ += int(bad.sum()) + len(chunk) - len(want_ids)
+            compared += len(chunk)
+        return compared, differ
 
     def query_agreement(self, image_vec, caption_vec, exclude: set[int] = frozenset()) -> float:
         """Agreement of a query's caption with its image, against this library's neighbourhoods."""
@@ -162,42 +263,123 @@ class Library:
         b = [i for i in self.index("caption").search(caption_vec, k + len(exclude))[0].tolist() if i not in exclude][:k]
         return float(fusion.neighbourhood_agreement([a], [b], k)[0])
 
+    def agreement_stamp(self) -> str:
+        """A digest of everything caption agreement is computed from (which images, which image
+        and caption vectors, which models, k). Stored with the agreement values in one transaction:
+        when it differs, the stored agreement is stale (e.g. a kill inside ``refresh_agreement``)."""
+        im, tx = self.image_model.model_id, self.text_model.model_id
+        crc = zlib.crc32(f"{im}\0{tx}\0{fusion.AGREEMENT_K}\0v2".encode())
+        with self.store.session() as s:
+            rows = s.execute(select(VectorRow.image_id, VectorRow.kind, VectorRow.seq).join(ImageRow).where(
+                ImageRow.status == "ok", or_((VectorRow.kind == "image") & (VectorRow.model_id == im),
+                                            (VectorRow.kind == "caption") & (VectorRow.model_id == tx)))
+                .order_by(VectorRow.image_id, VectorRow.kind)).all()
+        arr = np.array([(r[0], 0 if r[1] == "image" else 1, r[2]) for r in rows], np.int64)
+        return f"{zlib.crc32(arr.tobytes(), crc):08x}-{len(rows)}"
+
+    def agreement_stale(self) -> bool:
+        return self.store.get_meta("agreement_stamp") != self.agreement_stamp()
+
+    def _ordered_neighbours(self, vi: VectorIndex, ids: np.ndarray, tie_rank: np.ndarray, k: int) -> list[list[int]]:
+        """Each id's ``k`` nearest other ids, deterministic: scores are exact inner products of the
+        stored vectors rounded to 1e-5, ties broken by path order (so equal captions give the
+        same neighbours whatever the index's insertion order). Exact over all images up to
+        ``EXACT_AGREEMENT_MAX``; above, over ANN candidates (4k per image) re-scored exactly."""
+        out: list[list[int]] = []
+        n = len(ids)
+        exact = n <= EXACT_AGREEMENT_MAX
+        with vi.lock:
+            allv = vi.get_vectors(ids) if exact else None
+        for s in range(0, n, 1024):
+            chunk = ids[s:s + 1024]
+            if exact:
+                scores = allv[s:s + len(chunk)] @ allv.T
+                cand = np.broadcast_to(np.arange(n), scores.shape)
+            else:
+                kk = min(n, 4 * k + 1)
+                with vi.lock:
+                    vi.index.set_ef(max(vi.ef, kk))
+                    cand_ids = vi.index.knn_query(vi.get_vectors(chunk), k=kk)[0].astype(np.int64)
+                    q = vi.get_vectors(chunk)
+                    cv = vi.get_vectors(cand_ids.reshape(-1)).reshape(len(chunk), kk, -1)
+                scores = np.einsum("nd,nkd->nk", q, cv)
+                cand = np.searchsorted(ids, cand_ids)
+            scores = np.round(scores.astype(np.float64), 5)
+            for r in range(len(chunk)):
+                row, c = scores[r], cand[r]
+                keep = c != s + r
+                row, c = row[keep], c[keep]
+                order = np.lexsort((tie_rank[c], -row))[:k]
+                out.append(ids[c[order]].tolist())
+        return out
+
     def refresh_agreement(self) -> int:
         """Recompute every image's caption agreement from the current indices.
 
         Neighbourhoods change as a library grows, so this runs at the end of an indexing run
-        that changed anything. The fused index depends on it: bumping ``agreement_version``
-        in the same transaction makes the next sync rebuild it, also after a crash.
+        that changed anything, and whenever ``agreement_stale`` says its inputs changed since it
+        was last computed. The fused index depends on it: bumping ``agreement_version`` (and the
+        stamp) in the same transaction makes the next sync rebuild it, also after a crash.
         """
         img, cap = self.index("image"), self.index("caption")
+        stamp = self.agreement_stamp()
         with img.lock, cap.lock:
             ids = np.array(sorted(img.live_ids() & cap.live_ids()), np.int64)
         if len(ids) < 2:
             return 0
-        k = min(fusion.AGREEMENT_K + 1, len(ids))
-        agreement = np.zeros(len(ids), np.float32)
-        for s in range(0, len(ids), 2048):
-            chunk = ids[s:s + 2048]
-            with img.lock, cap.lock:
-                img.index.set_ef(max(img.ef, k))
-                cap.index.set_ef(max(cap.ef, k))
-                ni = img.index.knn_query(img.get_vectors(chunk), k=k)[0]
-                nc = cap.index.knn_query(cap.get_vectors(chunk), k=k)[0]
-            a = [[x for x in row if x != iid][: k - 1] for row, iid in zip(ni.tolist(), chunk.tolist())]
-            b = [[x for x in row if x != iid][: k - 1] for row, iid in zip(nc.tolist(), chunk.tolist())]
-            agreement[s:s + len(chunk)] = fusion.neighbourhood_agreement(a, b, k - 1)
+        with self.store.session() as s:
+            keys = dict(s.execute(select(ImageRow.id, ImageRow.path_key).where(ImageRow.id.in_(ids.tolist()))).all()) \
+                if len(ids) <= 20000 else dict(s.execute(select(ImageRow.id, ImageRow.path_key)).all())
+        by_path = sorted(range(len(ids)), key=lambda j: keys.get(int(ids[j]), b""))
+        tie_rank = np.empty(len(ids), np.int64)
+        tie_rank[by_path] = np.arange(len(ids))
+        k = min(fusion.AGREEMENT_K, len(ids) - 1)
+        a = self._ordered_neighbours(img, ids, tie_rank, k)
+        b = self._ordered_neighbours(cap, ids, tie_rank, k)
+        agreement = fusion.neighbourhood_agreement(a, b, k)
         with self.store.Session.begin() as s:
             s.execute(update(ImageRow), [{"id": int(i), "caption_agreement": float(a)} for i, a in zip(ids, agreement)])
             ver = int(s.get(Meta, "agreement_version").value) + 1 if s.get(Meta, "agreement_version") else 1
             s.merge(Meta(key="agreement_version", value=str(ver)))
+            s.merge(Meta(key="agreement_stamp", value=stamp))
         with self._indices_lock:
             self._indices.pop("fused", None)
         return len(ids)
 
-    def check(self) -> CheckReport:
-        """Make database and indices agree; report what had to be repaired."""
+    def check(self, full: bool = False, verify_db: bool = False, sample: int | None = CHECK_SAMPLE,
+              save: bool = True) -> CheckReport:
+        """Make database and indices agree; report what had to be repaired.
+
+        ``verify_db`` first runs SQLite's ``quick_check`` (``integrity_check`` with ``full``) and
+        raises ``LibraryCorrupt`` (changing nothing) if the database is damaged. Each index is
+        synced, then ``sample`` of its vectors (all with ``full``) are compared with the stored
+        ones; an index that differs is rebuilt. With ``save`` the repairs are written, taking the
+        writer lock for that if no other process holds it; readers (search) pass ``save=False``
+        and repair in memory only, as does any check of a read-only or busy library.
+        """
+        if verify_db:
+            problems = self.store.integrity_check(full)
+            if problems:
+                more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+                raise LibraryCorrupt(f"the library database {self.store.path} is damaged: {problems[0]}{more}; "
+                                     "indices were left as they are. Restore library.sqlite from a backup")
         report = CheckReport()
-        report.repairs = self.sync_indices(save=True)
+        report.repairs = self.sync_indices(save=False)
+        for mode in ("image", "caption", "fused"):
+            vi = self.index(mode)
+            compared, differ = self.compare_index(mode, None if full else sample)
+            report.compared[vi.name] = compared
+            if differ:
+                r = report.repairs[vi.name]
+                vi.reset(r, f"{differ} of {compared} compared vectors differ from the database")
+                again = vi.sync(self._changed(mode), self.live_ids(mode))
+                r.added, r.deleted, r.refused = again.added, 0, again.refused
+        if save and not self.read_only:
+            try:
+                with self.writing("checking"):
+                    report.saved = self.save_indices()
+            except LibraryBusy as e:
+                log.info("repairs kept in memory: %s", e)
         for line in report.lines():
             log.info("consistency check: %s", line)
         return report
@@ -225,9 +407,11 @@ class Library:
         return GalleryVectors(common, mat_i, mat_c, weights)
 
     def close(self) -> None:
-        for vi in self._indices.values():
-            vi.save()
-        self.store.close()
+        """Save changed indices if this process is the writer; a reader writes nothing."""
+        try:
+            self.save_indices()
+        finally:
+            self.store.close()
 
 
 @dataclass

@@ -3,7 +3,9 @@
 Stages, overlapped so the models never wait on the disk:
 
 1. **scan** the folders (bytes paths, so any file name works; symlink loops and unreadable
-   folders are recorded, never followed twice or fatal);
+   folders are recorded, never followed twice or fatal). A symlink that leads outside the
+   folders being indexed is skipped (and counted) unless ``follow_symlinks``: a gallery stays
+   inside its roots by default;
 2. **plan** against the database: unchanged files are skipped (size + mtime, then the
    content hash when those disagree), changed files are redone under the same image id so
    index entries are replaced, vanished files are removed, and a model change only
@@ -23,7 +25,10 @@ Stages, overlapped so the models never wait on the disk:
    sync the hnswlib indices every few seconds and at the end.
 
 A process killed anywhere leaves every image either fully committed or untouched; the next
-``Library.check`` makes the indices agree with the database again.
+``Library.check`` makes the indices agree with the database again. A run holds the library's
+writer lock from start to end (a second writer gets ``LibraryBusy``); a run that ends in an
+error is recorded as ``failed``, and one killed outright is marked ``interrupted`` by the next
+writer. User captions from files are bounded like edits (``MAX_CAPTION_CHARS``).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from sqlalchemy import delete, select
 
 from .captions import CaptionsFile, metadata_caption, name_captions, read_sidecar
 from .captions.sources import EXTRA_SOURCES, REREAD_USER_SOURCES, compose
+from .edits import MAX_CAPTION_CHARS
 from .errors import BadImage, ExplorerError
 from .imageio import LoadedImage, is_image_path, load_image
 from .library import Library
@@ -111,6 +117,8 @@ class IndexSummary:
     repairs: list[str] = field(default_factory=list)
     #: things that did not stop an image from being indexed, e.g. malformed metadata that was ignored
     notes: list[Failure] = field(default_factory=list)
+    #: symlinks skipped because they lead outside the indexed folders (see ``follow_symlinks``)
+    outside_links: int = 0
 
     @property
     def ok(self) -> bool:
@@ -122,6 +130,7 @@ class IndexSummary:
             "failed": len(self.failures), "cancelled": self.cancelled, "elapsed_s": round(self.elapsed, 2),
             "failures": [f.__dict__ for f in self.failures], "repairs": self.repairs,
             "notes": [f.__dict__ for f in self.notes],
+            "outside_links": self.outside_links,
         }
 
 
@@ -136,11 +145,20 @@ class ScanResult:
     problems: list[Failure] = field(default_factory=list)
     #: folders that could not be listed: files below them must not be treated as deleted
     unreadable: list[bytes] = field(default_factory=list)
+    #: symlinks not followed because they lead outside every root
+    outside_links: list[bytes] = field(default_factory=list)
 
 
-def scan(roots: list[bytes], cancel: threading.Event | None = None) -> ScanResult:
-    """Walk ``roots`` recursively; follows directory symlinks but never visits a folder twice."""
+def _inside(path: bytes, roots: list[bytes]) -> bool:
+    return any(path == r or path.startswith(r.rstrip(b"/") + b"/") for r in roots)
+
+
+def scan(roots: list[bytes], cancel: threading.Event | None = None, follow_symlinks: bool = False) -> ScanResult:
+    """Walk ``roots`` recursively; follows symlinks (files and folders) but never visits a folder
+    twice. Unless ``follow_symlinks``, a symlink whose target lies outside every root is skipped
+    and listed in ``outside_links``: indexing a folder never pulls in files from elsewhere."""
     res = ScanResult()
+    real_roots = [os.path.realpath(r) for r in roots]
     seen_dirs: set[tuple[int, int]] = set()
     stack = list(reversed(roots))
     while stack:
@@ -167,6 +185,10 @@ def scan(roots: list[bytes], cancel: threading.Event | None = None) -> ScanResul
         subdirs = []
         for e in sorted(entries, key=lambda e: e.name):
             try:
+                if not follow_symlinks and e.is_symlink() and not _inside(os.path.realpath(e.path), real_roots):
+                    if e.is_dir(follow_symlinks=True) or is_image_path(e.name):
+                        res.outside_links.append(e.path)
+                    continue
                 if e.is_dir(follow_symlinks=True):
                     subdirs.append(e.path)
                     continue
@@ -251,6 +273,7 @@ class Indexer:
         batch_size: int = 16,
         decode_workers: int | None = None,
         sync_every_s: float = 20.0,
+        follow_symlinks: bool = False,
     ):
         self.lib = library
         self.captions_file = captions_file
@@ -260,6 +283,7 @@ class Indexer:
         self.sources = tuple(library.settings.caption_sources)
         self._ocr = None
         self._notes: list[Failure] = []
+        self.follow_symlinks = follow_symlinks
 
     # -- the models ------------------------------------------------------------------------
     def _models(self):
@@ -272,15 +296,15 @@ class Indexer:
         if has_sidecar:
             cap = read_sidecar(Path(os.fsdecode(path)))
             if cap:
-                out[cap.source] = cap
+                out[cap.source] = _bounded(cap)
         if self.captions_file is not None:
             cap = self.captions_file.get(Path(os.fsdecode(path)))
             if cap:
-                out[cap.source] = cap
+                out[cap.source] = _bounded(cap)
         if "metadata" in self.sources:
             cap, md = metadata_caption(path)
             if cap:
-                out["metadata"] = cap
+                out["metadata"] = _bounded(cap)
             for why in md.problems:
                 self._notes.append(Failure(display(path), f"metadata: {why}"))
         return out
@@ -392,7 +416,14 @@ class Indexer:
         folders: list[str | os.PathLike],
         progress: Callable[[Progress], None] | None = None,
         cancel: threading.Event | None = None,
+        wait: bool | float = False,
     ) -> IndexSummary:
+        """Index ``folders`` holding the library's writer lock (``LibraryBusy`` if another process
+        writes, unless ``wait``)."""
+        with self.lib.writing("indexing", wait=wait):
+            return self._run(folders, progress, cancel)
+
+    def _run(self, folders, progress, cancel) -> IndexSummary:
         t0 = time.monotonic()
         cancel = cancel or threading.Event()
         summary = IndexSummary()
@@ -410,13 +441,15 @@ class Indexer:
         self._record_models()
         summary.repairs = self.lib.check().lines()
         emit(Progress("scanning", elapsed=time.monotonic() - t0))
-        result = scan(roots, cancel)
+        result = scan(roots, cancel, self.follow_symlinks)
         summary.scanned = len(result.files)
+        summary.outside_links = len(result.outside_links)
         run_id = self._start_run(roots)
         todo = self.plan(result, roots, summary)
         prog = Progress("indexing", total=len(todo), skipped=summary.unchanged, failed=len(summary.failures))
         last_sync = time.monotonic()
         t_index = time.monotonic()
+        failed = True
         try:
             for batch in self._decoded_batches(todo, cancel):
                 self._process(batch, summary, detector, captioner, image_enc, text_enc)
@@ -430,15 +463,22 @@ class Indexer:
                     last_sync = time.monotonic()
                 if cancel.is_set():
                     break
+            failed = False
         finally:
             summary.cancelled = cancel.is_set()
             emit(Progress("saving", prog.done, prog.total, prog.failed, prog.skipped, prog.elapsed))
-            self.lib.sync_indices(save=True)
-            if summary.indexed or summary.removed:
-                self.lib.refresh_agreement()  # neighbourhoods changed: caption weights follow
+            try:
                 self.lib.sync_indices(save=True)
-            summary.elapsed = time.monotonic() - t0
-            self._finish_run(run_id, summary)
+                # neighbourhoods changed (or a kill interrupted the last refresh): caption weights follow
+                if summary.indexed or summary.removed or self.lib.agreement_stale():
+                    self.lib.refresh_agreement()
+                    self.lib.sync_indices(save=True)
+            except BaseException:
+                failed = True
+                raise
+            finally:
+                summary.elapsed = time.monotonic() - t0
+                self._finish_run(run_id, summary, failed)
         emit(Progress("done", prog.done, prog.total, prog.failed, prog.skipped, prog.elapsed))
         return summary
 
@@ -657,10 +697,25 @@ class Indexer:
             s.flush()
             return run.id
 
-    def _finish_run(self, run_id: int, summary: IndexSummary) -> None:
-        with self.lib.store.Session.begin() as s:
-            run = s.get(RunRow, run_id)
-            run.finished = time.time()
-            run.status = "cancelled" if summary.cancelled else "done"
-            run.n_indexed, run.n_skipped = summary.indexed, summary.unchanged
-            run.n_failed, run.n_removed = len(summary.failures), summary.removed
+    def _finish_run(self, run_id: int, summary: IndexSummary, failed: bool = False) -> None:
+        try:
+            with self.lib.store.Session.begin() as s:
+                run = s.get(RunRow, run_id)
+                run.finished = time.time()
+                run.status = "cancelled" if summary.cancelled else "failed" if failed else "done"
+                run.n_indexed, run.n_skipped = summary.indexed, summary.unchanged
+                run.n_failed, run.n_removed = len(summary.failures), summary.removed
+        except Exception:  # noqa: BLE001 - e.g. a full disk: the next writer marks the run interrupted
+            if not failed:
+                raise
+
+
+def _bounded(cap: Caption | None) -> Caption | None:
+    """A user caption from a file, bounded like an edit: whitespace collapsed, at most MAX_CAPTION_CHARS."""
+    if cap is None:
+        return None
+    text = " ".join(cap.text.split())
+    if len(text) > MAX_CAPTION_CHARS:
+        text = text[:MAX_CAPTION_CHARS].rsplit(" ", 1)[0] if " " in text[:MAX_CAPTION_CHARS] else text[:MAX_CAPTION_CHARS]
+    return Caption(text, cap.source, cap.model_id, cap.confidence) if text else None
+

@@ -184,7 +184,9 @@ class Searcher:
         library, head = self.lib, self.head
         if library.store.count_images() == 0:
             raise BadQuery(f"the library at {library.dir} has no indexed images: run `explorer index FOLDER --library {library.dir}` first")
-        self.repairs = library.check().lines()  # load the indices and make them agree with the database
+        # load the indices and make them agree with the database, in memory: searching never writes
+        self.repairs = library.check(save=False).lines()
+        self.learned_ids = self.learned_vecs = None
         if head is not None:
             from .learned import embed_gallery
 

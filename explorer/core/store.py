@@ -6,12 +6,24 @@ re-running any model). Every change for an image commits in one transaction toge
 its vectors, so a process killed at any instant leaves each image either fully indexed or
 not at all. ``Vector.seq`` is a library-wide increasing counter: an index file records the
 highest ``seq`` it contains, which is how a stale index finds exactly what it is missing.
+
+**Never reused**: image ids and vector sequence numbers come from counters in the ``meta``
+table (``image_id_high``, ``seq_high``) that only grow, also when the rows with the highest
+values are deleted. (SQLite's own rowids restart from ``max(id) + 1``, which once handed a
+deleted image's id, and its index entries, to a new image.) A library made before the
+counters existed gets them on open and a new ``library_id``, which makes every index built
+before rebuild once from the stored vectors.
+
+A database file that is empty or not SQLite is refused as corrupt (never silently replaced by
+a new library). A database on read-only media is opened read-only (``immutable``).
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,10 +40,14 @@ from sqlalchemy import (
     event,
     func,
     select,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
-SCHEMA_VERSION = 1
+from .errors import LibraryCorrupt
+
+SCHEMA_VERSION = 2  # 2: never-reused id and seq counters in meta
+SQLITE_MAGIC = b"SQLite format 3\x00"
 
 # Caption sources, most trusted first, and how they combine: one home in captions.sources.
 from .captions.sources import CAPTION_PRIORITY, caption_rank, compose  # noqa: E402,F401
@@ -167,31 +183,136 @@ class Meta(Base):
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=30000"):
+        try:
+            cur.execute(f"PRAGMA {pragma}")
+        except sqlite3.OperationalError:
+            pass  # a read-only (immutable) database keeps its journal mode
     cur.close()
 
 
+def _bump(conn, key: str, floor_sql: str) -> int:
+    """Advance the counter ``key`` in meta to ``max(counter, floor) + 1`` and return it (inside a flush)."""
+    cur = conn.execute(text("SELECT value FROM meta WHERE key = :k"), {"k": key}).scalar()
+    floor = conn.execute(text(floor_sql)).scalar() or 0
+    new = max(int(cur or 0), int(floor)) + 1
+    conn.execute(text("INSERT OR REPLACE INTO meta (key, value) VALUES (:k, :v)"), {"k": key, "v": str(new)})
+    return new
+
+
+@event.listens_for(Session, "before_flush")
+def _assign_never_reused_ids(session, _ctx, _instances) -> None:
+    """New images get ids from the ``image_id_high`` counter, never a deleted image's id."""
+    new = [o for o in session.new if isinstance(o, ImageRow) and o.id is None]
+    if not new:
+        return
+    conn = session.connection()
+    for row in new:
+        row.id = _bump(conn, "image_id_high", "SELECT max(id) FROM images")
+
+
+@event.listens_for(Session, "after_flush")
+def _record_seq_high(session, _ctx) -> None:
+    """Keep ``seq_high`` >= every seq written, so a deleted vector's seq is never handed out again."""
+    if not any(isinstance(o, VectorRow) for o in list(session.new) + list(session.dirty)):
+        return
+    conn = session.connection()
+    top = conn.execute(text("SELECT max(seq) FROM vectors")).scalar() or 0
+    cur = conn.execute(text("SELECT value FROM meta WHERE key = 'seq_high'")).scalar()
+    if cur is None or int(cur) < int(top):
+        conn.execute(text("INSERT OR REPLACE INTO meta (key, value) VALUES ('seq_high', :v)"), {"v": str(top)})
+
+
 class Store:
-    """Opens (creating if needed) the library database at ``DIR/library.sqlite``."""
+    """Opens (creating if needed) the library database at ``DIR/library.sqlite``.
+
+    ``read_only`` is True when the file or its folder cannot be written (read-only media, an
+    immutable file): the database is then opened read-only and nothing is migrated on disk.
+    """
 
     FILENAME = "library.sqlite"
 
     def __init__(self, library_dir: str | os.PathLike):
         self.dir = Path(library_dir).expanduser()
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / self.FILENAME
-        self.engine = create_engine(f"sqlite:///{self.path}", future=True)
+        exists = self.path.exists()
+        if not exists:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        else:
+            self._refuse_foreign_file()
+        self.read_only = exists and not (os.access(self.path, os.W_OK) and os.access(self.dir, os.W_OK | os.X_OK))
+        if self.read_only:
+            uri = "file:" + str(self.path.resolve()) + "?immutable=1"
+            self.engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False), future=True)
+        else:
+            self.engine = create_engine(f"sqlite:///{self.path}", future=True)
         event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.Session = sessionmaker(self.engine, expire_on_commit=False)
+        self._legacy_library_id = None
+        if self.read_only:
+            self._check_readable()
+            return
         Base.metadata.create_all(self.engine)
         self._add_missing_columns()
-        self.Session = sessionmaker(self.engine, expire_on_commit=False)
         with self.Session.begin() as s:
             if s.get(Meta, "schema_version") is None:
                 s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
                 s.add(Meta(key="created", value=datetime.now(timezone.utc).isoformat()))
+            self._migrate_counters(s)
+
+    def _refuse_foreign_file(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                head = f.read(len(SQLITE_MAGIC))
+        except OSError as e:
+            raise LibraryCorrupt(f"cannot read {self.path}: {e.strerror or e}") from None
+        if not head:
+            raise LibraryCorrupt(f"{self.path} is empty (0 bytes): the library database is lost, not new; restore it "
+                                 "from a backup, or move the library folder away to start a new library")
+        if head != SQLITE_MAGIC:
+            raise LibraryCorrupt(f"{self.path} is not an SQLite database (damaged or overwritten); restore it from a backup, "
+                                 "or move the library folder away to start a new library")
+
+    def _check_readable(self) -> None:
+        from sqlalchemy import inspect
+
+        try:
+            have = set(inspect(self.engine).get_table_names())
+        except Exception as e:  # noqa: BLE001 - any driver error here means an unreadable database
+            raise LibraryCorrupt(f"cannot read {self.path}: {str(e).splitlines()[0]}") from None
+        if not {"images", "vectors", "meta"} <= have:
+            raise LibraryCorrupt(f"{self.path} is not a library database of Retrieval Explorer (tables missing)")
+        with self.session() as s:
+            if s.get(Meta, "library_id") is None:  # a library from before the counters: rebuild indices in memory
+                self._legacy_library_id = "legacy-" + uuid.uuid4().hex
+
+    def _migrate_counters(self, s: Session) -> None:
+        """Give a library its never-reused counters (and a new identity, so its old indices rebuild once)."""
+        if s.get(Meta, "library_id") is not None:
+            return
+        top_id = s.scalar(select(func.max(ImageRow.id))) or 0
+        top_seq = s.scalar(select(func.max(VectorRow.seq))) or 0
+        for key, value in (("image_id_high", top_id), ("seq_high", top_seq)):
+            row = s.get(Meta, key)
+            if row is None or int(row.value) < value:
+                s.merge(Meta(key=key, value=str(value)))
+        s.merge(Meta(key="library_id", value=uuid.uuid4().hex))
+        s.merge(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+
+    @property
+    def library_id(self) -> str:
+        """This library's identity: index files built for another library (or before the counters) are rebuilt."""
+        return self._legacy_library_id or self.get_meta("library_id") or "unknown"
+
+    def integrity_check(self, full: bool = False) -> list[str]:
+        """SQLite's ``quick_check`` (or the slower ``integrity_check``): an empty list means healthy."""
+        pragma = "integrity_check" if full else "quick_check"
+        try:
+            with self.engine.connect() as conn:
+                rows = [r[0] for r in conn.execute(text(f"PRAGMA {pragma}"))]
+        except Exception as e:  # noqa: BLE001 - "database disk image is malformed" and friends
+            return [str(e).splitlines()[0]]
+        return [] if rows == ["ok"] else rows
 
     def _add_missing_columns(self) -> None:
         """A light migration: columns added to the ORM after a library was created are added as NULL."""
@@ -209,9 +330,20 @@ class Store:
         return self.Session()
 
     def next_seq(self, s: Session) -> int:
-        """The next vector sequence number (call inside the transaction that writes the vector)."""
-        cur = s.scalar(select(func.max(VectorRow.seq)))
-        return (cur or 0) + 1
+        """The next vector sequence number (call inside the transaction that writes the vector).
+
+        Never one used before: ``seq_high`` in meta remembers the highest seq ever written (it
+        is advanced at every flush that writes vectors), also after those vectors are deleted."""
+        cur = s.scalar(select(func.max(VectorRow.seq))) or 0
+        row = s.get(Meta, "seq_high")
+        return max(int(cur), int(row.value) if row else 0) + 1
+
+    def seq_high(self) -> int:
+        """The highest vector seq ever written to this library."""
+        with self.session() as s:
+            cur = s.scalar(select(func.max(VectorRow.seq))) or 0
+            row = s.get(Meta, "seq_high")
+            return max(int(cur), int(row.value) if row else 0)
 
     def count_images(self, status: str | None = "ok") -> int:
         with self.session() as s:
@@ -231,6 +363,7 @@ class Store:
         if image_ids is not None and len(image_ids) > 20000:
             wanted = set(int(i) for i in image_ids)
             rows = [r for r in rows if r[0] in wanted]
+        rows = valid_vector_rows(rows)[0]
         if not rows:
             return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
@@ -248,3 +381,25 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def valid_vector_rows(rows, dim: int | None = None) -> tuple[list, dict[int, str]]:
+    """Split ``(image_id, dim, data, ...)`` rows into the usable ones and ``{image_id: reason}``.
+
+    A vector is refused when its byte length does not match its dimension, its dimension is not
+    the expected one (``dim``, else the most common), or it holds NaN or infinity: what a damaged
+    database page looks like. Refused vectors never reach an index or a score."""
+    if not rows:
+        return [], {}
+    if dim is None:
+        dims = [r[1] for r in rows]
+        dim = max(set(dims), key=dims.count)
+    good, bad = [], {}
+    for r in rows:
+        if r[1] != dim or len(r[2]) != 4 * dim:
+            bad[int(r[0])] = f"wrong length ({len(r[2]) // 4} values, expected {dim})"
+        elif not np.isfinite(np.frombuffer(r[2], np.float32)).all():
+            bad[int(r[0])] = "NaN or infinite values"
+        else:
+            good.append(r)
+    return good, bad

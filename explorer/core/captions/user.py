@@ -36,6 +36,10 @@ def read_sidecar(image_path: Path) -> Caption | None:
     return Caption(text, "sidecar", "user", 1.0) if text else None
 
 
+def _is_id(v) -> bool:
+    return isinstance(v, (int, str)) and not isinstance(v, bool)
+
+
 class CaptionsFile:
     """A user captions file, resolved to absolute paths."""
 
@@ -66,15 +70,21 @@ class CaptionsFile:
             mapping.setdefault(full, []).append(text.strip())
 
         if isinstance(data, dict) and "annotations" in data and "images" in data:
+            if not isinstance(data["images"], list) or not isinstance(data["annotations"], list):
+                raise ExplorerError(f"captions file {p}: COCO 'images' and 'annotations' must be lists")
             names = {}
             for i, im in enumerate(data["images"]):
-                if "id" not in im or "file_name" not in im:
-                    raise ExplorerError(f"captions file {p}: images[{i}] needs 'id' and 'file_name'")
+                if not isinstance(im, dict) or "id" not in im or "file_name" not in im:
+                    raise ExplorerError(f"captions file {p}: images[{i}] needs to be an object with 'id' and 'file_name'")
+                if not _is_id(im["id"]):
+                    raise ExplorerError(f"captions file {p}: images[{i}]: 'id' must be an integer or a string, got {im['id']!r}")
                 names[im["id"]] = im["file_name"]
             for i, ann in enumerate(data["annotations"]):
+                if not isinstance(ann, dict):
+                    raise ExplorerError(f"captions file {p}: annotations[{i}] must be an object")
                 if "caption" not in ann:
                     continue
-                if ann.get("image_id") not in names:
+                if not _is_id(ann.get("image_id")) or ann.get("image_id") not in names:
                     raise ExplorerError(f"captions file {p}: annotations[{i}] names unknown image_id {ann.get('image_id')!r}")
                 add(names[ann["image_id"]], ann["caption"], f"annotations[{i}]")
         elif isinstance(data, dict):

@@ -4,8 +4,11 @@ The file holds the head's tensors; its safetensors metadata (a str -> str map in
 header) holds ``format``, ``config`` (the ``HeadConfig`` as JSON: hyper-parameters, the image
 and text model ids and dimensions it expects, the box feature id) and ``train`` (what it was
 trained on, for display). ``load_head`` refuses, with an ``ExplorerError`` saying why, a
-missing file, anything that is not a readable safetensors file of this format, and a head
-whose models do not match the library's.
+missing file, anything that is not a readable safetensors file of this format, a head whose
+models do not match the library's, and a configuration that does not fit its own tensors:
+the config is checked against sane bounds and against the tensors' shapes (computed on
+torch's ``meta`` device, which allocates nothing) *before* the head is built, so a crafted
+file cannot make the loader allocate gigabytes.
 """
 
 from __future__ import annotations
@@ -16,6 +19,11 @@ import os
 from pathlib import Path
 
 from ..errors import ExplorerError
+
+#: bounds on a head configuration's sizes (far above anything trained here; far below a memory bomb)
+MAX_WIDTH = 16384
+MAX_HEADS = 256
+MAX_BOXES_BOUND = 256
 
 FORMAT = "retrieval-explorer/learned-fusion"
 FORMAT_VERSION = "1"
@@ -76,7 +84,47 @@ def read_head_file(path: str | os.PathLike):
         cfg = HeadConfig.from_dict(json.loads(meta.get("config", "")))
     except (ValueError, TypeError) as e:
         raise ExplorerError(f"{p}: the head configuration in the file is invalid ({e})") from None
+    validate_config(cfg, tensors, str(p))
     return cfg, tensors, meta
+
+
+def validate_config(cfg, tensors: dict, where: str = "fusion head") -> None:
+    """Refuse a configuration outside sane bounds or not matching ``tensors``, allocating nothing."""
+    import torch
+
+    from .head import FusionHead
+
+    def bad(why: str):
+        return ExplorerError(f"{where}: the head configuration in the file is invalid ({why})")
+
+    ints = {"image_dim": MAX_WIDTH, "text_dim": MAX_WIDTH, "box_dim": MAX_WIDTH, "geom_dim": MAX_WIDTH,
+            "max_boxes": MAX_BOXES_BOUND, "d_model": MAX_WIDTH, "n_heads": MAX_HEADS, "ff_dim": 4 * MAX_WIDTH,
+            "n_layers": 16, "out_dim": MAX_WIDTH}
+    for name, top in ints.items():
+        v = getattr(cfg, name)
+        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= top:
+            raise bad(f"{name} = {v!r}, expected an integer in [1, {top}]")
+    if cfg.d_model % cfg.n_heads:
+        raise bad(f"d_model {cfg.d_model} is not a multiple of n_heads {cfg.n_heads}")
+    if not isinstance(cfg.dropout, (int, float)) or not 0.0 <= cfg.dropout < 1.0:
+        raise bad(f"dropout = {cfg.dropout!r}, expected a number in [0, 1)")
+    for name in ("use_caption", "skip"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise bad(f"{name} must be true or false")
+    try:
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in FusionHead(cfg).state_dict().items()}
+    except (RuntimeError, ValueError, TypeError, AssertionError) as e:
+        raise bad(str(e).splitlines()[0][:200]) from None
+    got = {k: tuple(v.shape) for k, v in tensors.items()}
+    if set(shapes) != set(got):
+        diff = sorted(set(shapes) ^ set(got))[:3]
+        raise ExplorerError(f"{where}: the tensors do not match the head configuration (tensors {diff} missing or unexpected)")
+    wrong = [k for k in shapes if shapes[k] != got[k]]
+    if wrong:
+        k = wrong[0]
+        raise ExplorerError(f"{where}: the tensors do not match the head configuration ({k}: file has {list(got[k])}, "
+                            f"the configuration needs {list(shapes[k])})")
 
 
 def build_head(cfg, tensors, where: str = "file"):
