@@ -33,6 +33,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--detector", metavar="SPEC", help="e.g. ssd-mobilenet, hf-detr:facebook/detr-resnet-50")
     g.add_argument("--detector-labels", metavar="L1,L2", help="labels for open-vocabulary detectors")
     g.add_argument("--device", metavar="DEV", help="auto (default), cpu, cuda")
+    g.add_argument("--engine", choices=("auto", "torch", "onnx", "openvino"),
+                   help="inference engine of the offline default models (default auto: openvino if installed, else onnx)")
 
 
 def add_library_option(p: argparse.ArgumentParser) -> None:
@@ -41,7 +43,8 @@ def add_library_option(p: argparse.ArgumentParser) -> None:
 
 def settings_from(args) -> Settings:
     keys = {"image": "image_encoder", "text": "text_encoder", "captioner": "captioner", "detector": "detector",
-            "detector_labels": "detector_labels", "device": "device", "library": "library"}
+            "detector_labels": "detector_labels", "device": "device", "library": "library",
+            "engine": "engine"}
     return Settings.load({k: getattr(args, a, None) for k, a in keys.items()})
 
 

@@ -20,7 +20,7 @@ if [ -f "$stamp" ]; then exit 0; fi
 echo "[bootstrap] setting up .venv (first run only; a few minutes)..." >&2
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,fast]"
 rm -f .venv/.installed-*
 touch "$stamp"
 echo "[bootstrap] done" >&2

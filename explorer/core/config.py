@@ -26,6 +26,7 @@ ENV_VARS = {
     "captioner": "EXPLORER_CAPTIONER",
     "detector": "EXPLORER_DETECTOR",
     "library": "EXPLORER_LIBRARY",
+    "engine": "EXPLORER_ENGINE",
 }
 
 
@@ -53,6 +54,8 @@ class Settings:
     detector_threshold: float = 0.4
     library: str = field(default_factory=lambda: str(default_library()))
     device: str = "auto"
+    #: Inference engine of the offline default models: auto, torch, onnx, openvino (see models/engines.py).
+    engine: str = "auto"
 
     def spec(self, role: str) -> str:
         return getattr(self, role)
