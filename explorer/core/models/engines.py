@@ -32,6 +32,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -183,7 +184,8 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        with torch.inference_mode(False), torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer notes about constants; agreement is tested instead
             torch.onnx.export(
                 module.eval(), args, str(tmp), input_names=list(input_names), output_names=list(output_names),
                 dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False, do_constant_folding=True,
