@@ -6,6 +6,12 @@ and check every shape. One forward pass yields three things the app needs: the G
 global descriptor (retrieval), the ImageNet class probabilities (captions), and the final
 feature map (box-pooled features for learned fusion). ``EffNetCore`` caches them per image
 object, so the encoder and the captioner never run the network twice on one image.
+
+``feature_map`` is the one place the backbone runs. On CPU it runs in the engine that
+``Settings.engine`` resolves to (``engines.py``): the backbone is exported once to ONNX with
+dynamic batch, height and width and executed by ONNX Runtime or OpenVINO in float32; the
+classifier head and the pooling stay in torch. Vectors agree with torch to cosine >= 0.999
+(tested), so the model id does not name the engine.
 """
 
 from __future__ import annotations

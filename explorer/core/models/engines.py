@@ -100,15 +100,27 @@ def _warn_once(key: str, line: str) -> None:
     print(line, file=sys.stderr)
 
 
+_thread_cap: int | None = None
+
+
+def set_thread_cap(n: int | None) -> int | None:
+    """Cap the intra-op threads of runners created from now on (the window leaves a core to the GUI); returns the old cap."""
+    global _thread_cap
+    old, _thread_cap = _thread_cap, (max(1, int(n)) if n else None)
+    return old
+
+
 def engine_threads() -> int:
-    """Intra-op threads for an engine: ``$EXPLORER_ENGINE_THREADS``, else the cores this process may use."""
+    """Intra-op threads for an engine: ``$EXPLORER_ENGINE_THREADS``, else the cores this process may use, within the cap."""
     env = os.environ.get("EXPLORER_ENGINE_THREADS")
     if env and env.isdigit() and int(env) > 0:
-        return int(env)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        n = int(env)
+    else:
+        try:
+            n = max(1, len(os.sched_getaffinity(0)))
+        except (AttributeError, OSError):
+            n = max(1, os.cpu_count() or 1)
+    return min(n, _thread_cap) if _thread_cap else n
 
 
 # ---------------------------------------------------------------------------------------
