@@ -187,3 +187,27 @@ def test_config_file_engine_is_checked_when_loading(monkeypatch):
     with pytest.raises(ExplorerError) as e:
         loader.get("image")
     assert "unknown engine 'tensorrt'" in str(e.value)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not engines.has_onnxruntime(), reason="onnxruntime is not installed")
+def test_a_failed_export_falls_back_to_torch_under_auto_and_is_one_line_otherwise(monkeypatch, tmp_path, capsys):
+    from explorer.core.models.effnet import EffNetCore
+
+    monkeypatch.setenv("EXPLORER_ENGINE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(engines, "has_openvino", lambda: False)
+
+    def broken(*a, **k):
+        raise RuntimeError("exporter exploded\nsecond line")
+
+    import torch
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    monkeypatch.setattr(engines, "_warned", set())
+    core = EffNetCore("cpu", "auto")
+    assert core.engine == "torch" and core._runner is None
+    err = capsys.readouterr().err.strip()
+    assert "exporter exploded" in err and "torch" in err and "second line" not in err
+    with pytest.raises(ModelUnavailable) as e:
+        EffNetCore("cpu", "onnx")
+    assert "\n" not in str(e.value) and "--engine torch" in str(e.value)

@@ -121,12 +121,15 @@ class EffNetCore:
 
             name = engines.resolve(engine)
             if name != "torch":
-                self._runner = engines.load_exported(
-                    name, "effnet-lite0-features", engines.weights_digest([path]),
-                    lambda: (_Features(self.model), (torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE),)),
-                    ["x"], ["fmap"], {"x": {0: "n", 2: "h", 3: "w"}, "fmap": {0: "n", 2: "fh", 3: "fw"}},
-                )
-                self.engine = name
+                try:
+                    self._runner = engines.load_exported(
+                        name, "effnet-lite0-features", engines.weights_digest([path]),
+                        lambda: (_Features(self.model), (torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE),)),
+                        ["x"], ["fmap"], {"x": {0: "n", 2: "h", 3: "w"}, "fmap": {0: "n", 2: "fh", 3: "fw"}},
+                    )
+                    self.engine = name
+                except ModelUnavailable as e:
+                    engines.fall_back_or_raise(engine, e)
         # Keyed by id(image); a finalizer drops the entry when the image is garbage-collected.
         self._cache: dict[int, ImageAnalysis] = {}
         self._lock = threading.Lock()

@@ -92,6 +92,13 @@ def resolve_detector(requested: str) -> str:
     return "openvino" if resolve(requested) == "openvino" else "cv2"
 
 
+def fall_back_or_raise(requested: str, error: Exception) -> None:
+    """After an export or load failure: with ``auto``, say so in one line and let the caller use torch; else re-raise."""
+    if check_engine_name(requested) != "auto":
+        raise error
+    _warn_once(str(error), f"note: {error}; running this model in torch instead")
+
+
 def _warn_once(key: str, line: str) -> None:
     with _lock:
         if key in _warned:

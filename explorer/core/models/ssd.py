@@ -101,8 +101,14 @@ class SSDDetector(Detector):
         self.engine = engines.resolve_detector(engine)
         self._runner = None
         if self.engine == "openvino":
-            self._runner = engines.OvRunner(_openvino_ir(files[0]), OV_RAW_OUTPUTS)
-            return
+            try:
+                self._runner = engines.OvRunner(_openvino_ir(files[0]), OV_RAW_OUTPUTS)
+                return
+            except ModelUnavailable as e:
+                engines.fall_back_or_raise(engine, e)
+            except Exception as e:  # noqa: BLE001 - a compile failure is the same user problem
+                engines.fall_back_or_raise(engine, ModelUnavailable(f"OpenVINO cannot load the SSD graph: {str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}"))
+            self.engine = "cv2"
         try:
             self.net = cv2.dnn.readNetFromTensorflow(str(files[0]), str(files[1]))
         except cv2.error as e:
