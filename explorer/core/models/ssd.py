@@ -106,7 +106,9 @@ class SSDDetector(Detector):
                 return
             except ModelUnavailable as e:
                 engines.fall_back_or_raise(engine, e)
-            except Exception as e:  # noqa: BLE001 - a compile failure is the same user problem
+            except Exception as e:  # noqa: BLE001 - a damaged cached IR: removed, so the next start converts again
+                for f in engines.cache_dir().glob("ssd-mobilenet-v2-*"):
+                    f.unlink(missing_ok=True)
                 engines.fall_back_or_raise(engine, ModelUnavailable(f"OpenVINO cannot load the SSD graph: {str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}"))
             self.engine = "cv2"
         try:
