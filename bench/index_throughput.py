@@ -114,7 +114,7 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_path(p.name))
 
 
-def bench(folder: Path, batch_size: int, workdir: Path, profile: bool = False) -> dict:
+def bench(folder: Path, batch_size: int, workdir: Path, profile: bool = False, engine: str = "auto") -> dict:
     from explorer.core.config import Settings
     from explorer.core.imageio import load_image
     from explorer.core.library import Library
@@ -124,7 +124,7 @@ def bench(folder: Path, batch_size: int, workdir: Path, profile: bool = False) -
     files = image_files(folder)
     lib_dir = workdir / "library"
     shutil.rmtree(lib_dir, ignore_errors=True)
-    settings = Settings(library=str(lib_dir))
+    settings = Settings(library=str(lib_dir), engine=engine)
     loader = ModelLoader(settings)
     t = time.perf_counter()
     detector, captioner, image_enc, text_enc = (loader.get(r) for r in ("detector", "captioner", "image", "text"))
@@ -197,6 +197,9 @@ def bench(folder: Path, batch_size: int, workdir: Path, profile: bool = False) -
         "target_ratio": TARGET_RATIO,
         "peak_rss_mb": round(rss_peak_mb(), 1),
         "peak_rss_indexing_mb": round(index_peak, 1) if index_peak else None,
+        "engine": engine,
+        "engines_resolved": {r: getattr(m, "engine", getattr(getattr(m, "core", None), "engine", "torch"))
+                             for r, m in (("detector", detector), ("image", image_enc), ("text", text_enc))},
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
     }
     if prof:
@@ -214,6 +217,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, help="where to put the generated photos and the library (default: a temp dir)")
     ap.add_argument("--profile", action="store_true", help="cProfile the pipeline run and print the top entries")
+    ap.add_argument("--engine", default="auto", choices=("auto", "torch", "onnx", "openvino"),
+                    help="inference engine of the offline default models (default auto)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -232,7 +237,7 @@ def main(argv=None) -> int:
                 t = time.perf_counter()
                 make_photos(folder, args.n, args.seed)
                 print(f"made {args.n} photos in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-        res = bench(folder.expanduser().resolve(), args.batch_size, workdir, args.profile)
+        res = bench(folder.expanduser().resolve(), args.batch_size, workdir, args.profile, args.engine)
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -241,6 +246,7 @@ def main(argv=None) -> int:
         print(json.dumps(res, indent=2))
     else:
         print(f"images            {res['images']} (indexed {res['indexed']}), batch size {res['batch_size']}, {res['cpus']} CPUs")
+        print(f"engine            {res['engine']}: {res['engines_resolved']}")
         print(f"model load        {res['model_load_s']:.1f} s (not counted)")
         print(f"full pipeline     {res['pipeline_img_per_s']:6.2f} img/s  ({res['pipeline_s']:.1f} s; {res['pipeline_cpu_s_per_img']:.3f} CPU-s/img)")
         print(f"bare forward      {res['bare_forward_img_per_s']:6.2f} img/s  ({res['bare_forward_s']:.1f} s; {res['bare_cpu_s_per_img']:.3f} CPU-s/img;"

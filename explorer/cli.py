@@ -36,6 +36,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--caption-sources", dest="caption_sources", metavar="S1,S2",
                    help="caption sources to use besides the captioner: metadata, filename, folder, ocr, all or none "
                         "(default: metadata,filename); a change re-embeds captions only")
+    g.add_argument("--engine", choices=("auto", "torch", "onnx", "openvino"),
+                   help="inference engine of the offline default models (default auto: openvino if installed, else onnx)")
 
 
 def add_library_option(p: argparse.ArgumentParser) -> None:
@@ -44,7 +46,8 @@ def add_library_option(p: argparse.ArgumentParser) -> None:
 
 def settings_from(args) -> Settings:
     keys = {"image": "image_encoder", "text": "text_encoder", "captioner": "captioner", "detector": "detector",
-            "detector_labels": "detector_labels", "device": "device", "library": "library", "caption_sources": "caption_sources"}
+            "detector_labels": "detector_labels", "device": "device", "library": "library", "caption_sources": "caption_sources",
+            "engine": "engine"}
     return Settings.load({k: getattr(args, a, None) for k, a in keys.items()})
 
 
@@ -149,9 +152,21 @@ def cmd_models(args) -> int:
             continue
         rows.append({"role": role, "backend": spec, "summary": entry.summary, "ready": av.ready, "where": av.where, "missing": av.hint})
         all_ready &= av.ready
+    from .core.models import engines
+
+    try:
+        engine = {"setting": settings.engine, "encoders": engines.resolve(settings.engine),
+                  "detector": engines.resolve_detector(settings.engine), "cache": str(engines.cache_dir())}
+    except ExplorerError as e:
+        engine = {"setting": settings.engine, "error": str(e)}
+        all_ready = False
     if args.json:
-        print(json.dumps({"roles": rows, "ready": all_ready, "available": [e.__dict__ for e in entries()]}, indent=2, default=list))
+        print(json.dumps({"roles": rows, "ready": all_ready, "engine": engine, "available": [e.__dict__ for e in entries()]}, indent=2, default=list))
         return EXIT_OK if all_ready else EXIT_FAILURES
+    if "error" in engine:
+        print(f"engine     {engine['setting']:<28} MISSING\n{'':<10} to fix: {engine['error']}")
+    else:
+        print(f"engine     {engine['setting']:<28} encoders: {engine['encoders']}, SSD detector: {engine['detector']}; exports cached in {engine['cache']}")
     for r in rows:
         state = "ready" if r["ready"] else "MISSING"
         print(f"{r['role']:<10} {r['backend']:<28} {state}")

@@ -27,7 +27,7 @@ if [ ! -f "$stamp" ]; then
   echo "[bootstrap] setting up .venv (first run only; a few minutes)..." >&2
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
   .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,ocr]"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,ocr,fast]"
   # the OCR caption source; --no-deps: it asks for opencv-python, we ship opencv-python-headless
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps rapidocr_onnxruntime==1.4.4
   rm -f .venv/.installed-*

@@ -28,6 +28,7 @@ ENV_VARS = {
     "detector": "EXPLORER_DETECTOR",
     "library": "EXPLORER_LIBRARY",
     "caption_sources": "EXPLORER_CAPTION_SOURCES",
+    "engine": "EXPLORER_ENGINE",
 }
 
 
@@ -58,6 +59,8 @@ class Settings:
     #: Switchable caption sources that are on (``captions.sources.SWITCHABLE``): embedded photo
     #: metadata, file-name words, folder-name words, OCR. Changing them re-embeds captions only.
     caption_sources: tuple[str, ...] = DEFAULT_ENABLED
+    #: Inference engine of the offline default models: auto, torch, onnx, openvino (see models/engines.py).
+    engine: str = "auto"
 
     def spec(self, role: str) -> str:
         return getattr(self, role)

@@ -59,11 +59,18 @@ def tune_threads_for_gui() -> dict:
         torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
     except Exception:  # noqa: BLE001 - torch is optional for the UI itself
         pass
+    from ..core.models import engines  # ONNX Runtime / OpenVINO runners made from now on: same cap
+
+    old["engine_cap"] = engines.set_thread_cap(max(1, (os.cpu_count() or 2) - 1))
     return old
 
 
 def restore_threads(old: dict) -> None:
     sys.setswitchinterval(old.get("switchinterval", 0.005))
+    if "engine_cap" in old:
+        from ..core.models import engines
+
+        engines.set_thread_cap(old["engine_cap"])
     if "torch_threads" in old:
         import torch
 

@@ -6,6 +6,12 @@ and check every shape. One forward pass yields three things the app needs: the G
 global descriptor (retrieval), the ImageNet class probabilities (captions), and the final
 feature map (box-pooled features for learned fusion). ``EffNetCore`` caches them per image
 object, so the encoder and the captioner never run the network twice on one image.
+
+``feature_map`` is the one place the backbone runs. On CPU it runs in the engine that
+``Settings.engine`` resolves to (``engines.py``): the backbone is exported once to ONNX with
+dynamic batch, height and width and executed by ONNX Runtime or OpenVINO in float32; the
+classifier head and the pooling stay in torch. Vectors agree with torch to cosine >= 0.999
+(tested), so the model id does not name the engine.
 """
 
 from __future__ import annotations
@@ -81,7 +87,7 @@ def preprocess(images: Sequence[Image.Image]) -> np.ndarray:
 class EffNetCore:
     """The network, loaded once, with a per-image result cache keyed weakly on the PIL object."""
 
-    def __init__(self, device: str = "auto"):
+    def __init__(self, device: str = "auto", engine: str = "auto"):
         import torch
         import timm
 
@@ -108,6 +114,22 @@ class EffNetCore:
         model.load_state_dict(mapped)
         self.model = model.eval().to(self.device)
         self.weights_path = str(path)
+        self._runner = None  # an exported backbone (engines.py) replaces torch in feature_map
+        self.engine = "torch"
+        if self.device.type == "cpu":
+            from . import engines
+
+            name = engines.resolve(engine)
+            if name != "torch":
+                try:
+                    self._runner = engines.load_exported(
+                        name, "effnet-lite0-features", engines.weights_digest([path]),
+                        lambda: (_Features(self.model), (torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE),)),
+                        ["x"], ["fmap"], {"x": {0: "n", 2: "h", 3: "w"}, "fmap": {0: "n", 2: "fh", 3: "fw"}},
+                    )
+                    self.engine = name
+                except ModelUnavailable as e:
+                    engines.fall_back_or_raise(engine, e)
         # Keyed by id(image); a finalizer drops the entry when the image is garbage-collected.
         self._cache: dict[int, ImageAnalysis] = {}
         self._lock = threading.Lock()
@@ -124,7 +146,12 @@ class EffNetCore:
         The one place the backbone runs: every caller (global descriptor, box features) goes
         through it, so an inference engine can replace the network here alone.
         """
-        return self.model.forward_features(x)
+        if self._runner is None:
+            return self.model.forward_features(x)
+        import torch
+
+        a = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(self._runner.run({"x": a})[0]).to(x.device)
 
     def classify(self, fmap):
         """ImageNet logits from a feature map (the classifier head)."""
@@ -152,15 +179,33 @@ class EffNetCore:
             return [self._cache[id(im)] for im in images]
 
 
-_CORES: dict[str, EffNetCore] = {}
+def _features_module(model):
+    import torch
+
+    class Features(torch.nn.Module):
+        """The backbone up to the final feature map, as one module for ONNX export."""
+
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            return self.m.forward_features(x)
+
+    return Features(model)
+
+
+_Features = _features_module
+
+_CORES: dict[tuple[str, str], EffNetCore] = {}
 _CORES_LOCK = threading.Lock()
 
 
-def shared_core(device: str) -> EffNetCore:
+def shared_core(device: str, engine: str = "auto") -> EffNetCore:
     with _CORES_LOCK:
-        if device not in _CORES:
-            _CORES[device] = EffNetCore(device)
-        return _CORES[device]
+        if (device, engine) not in _CORES:
+            _CORES[(device, engine)] = EffNetCore(device, engine)
+        return _CORES[(device, engine)]
 
 
 class EffNetImageEncoder(ImageEncoder):
@@ -199,8 +244,8 @@ class EffNetClassifier:
 
 
 def load_image_encoder(argument: str, loader) -> EffNetImageEncoder:
-    return EffNetImageEncoder(shared_core(loader.settings.device))
+    return EffNetImageEncoder(shared_core(loader.settings.device, loader.settings.engine))
 
 
 def load_classifier(argument: str, loader) -> EffNetClassifier:
-    return EffNetClassifier(shared_core(loader.settings.device))
+    return EffNetClassifier(shared_core(loader.settings.device, loader.settings.engine))

