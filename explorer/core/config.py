@@ -26,6 +26,8 @@ ENV_VARS = {
     "captioner": "EXPLORER_CAPTIONER",
     "detector": "EXPLORER_DETECTOR",
     "library": "EXPLORER_LIBRARY",
+    "vector_store": "EXPLORER_VECTOR_STORE",
+    "vector_store_uri": "EXPLORER_VECTOR_STORE_URI",
 }
 
 
@@ -53,6 +55,10 @@ class Settings:
     detector_threshold: float = 0.4
     library: str = field(default_factory=lambda: str(default_library()))
     device: str = "auto"
+    #: Vector-store backend of the library's indices (see ``explorer.core.vectorstore.BACKENDS``)
+    #: and, for ``milvus``, a server address (empty: embedded Milvus Lite in the library folder).
+    vector_store: str = "hnswlib"
+    vector_store_uri: str = ""
 
     def spec(self, role: str) -> str:
         return getattr(self, role)

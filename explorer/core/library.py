@@ -20,9 +20,11 @@ from sqlalchemy import or_, select, update
 from . import fusion
 from .config import Settings
 from .errors import ExplorerError
-from .index import NO_INDEX_FILE, SyncReport, VectorIndex
+from .index import NO_INDEX_FILE, SyncReport
 from .models.registry import ModelLoader
 from .store import CaptionRow, ImageRow, Meta, Store, VectorRow, caption_rank
+from .vectorstore import VectorStore, open_store
+from .vectorstore.base import canonical_top, fetch_k
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ class Library:
         except Exception as e:  # noqa: BLE001 - e.g. a read-only folder or a corrupt database
             raise ExplorerError(f"cannot open library at {self.dir}: {str(e).splitlines()[0]}") from None
         self.alpha = fusion.DEFAULT_ALPHA
-        self._indices: dict[str, VectorIndex] = {}
+        self._indices: dict[str, VectorStore] = {}
         self._indices_lock = threading.RLock()  # GUI workers may ask for an index at the same time
 
     # model facts come from the loaded models, so they are loaded lazily
@@ -75,23 +77,27 @@ class Library:
         return im.shared_space_id is not None and im.shared_space_id == tx.shared_space_id
 
     # -- indices ------------------------------------------------------------------------
-    def index(self, mode: str) -> VectorIndex:
-        """The ANN index of a mode: ``image``, ``caption`` or ``fused``."""
+    def index(self, mode: str) -> VectorStore:
+        """The ANN index of a mode: ``image``, ``caption`` or ``fused`` (backend: ``settings.vector_store``)."""
         with self._indices_lock:
             return self._index_locked(mode)
 
-    def _index_locked(self, mode: str) -> VectorIndex:
+    def _index_locked(self, mode: str) -> VectorStore:
         if mode not in self._indices:
             im, tx = self.image_model, self.text_model
+
+            def store(directory, name, dim, source):  # the configured backend's store
+                return open_store(self.settings.vector_store, directory, name, dim, source, uri=self.settings.vector_store_uri)
+
             if mode == "image":
-                vi = VectorIndex(self.dir / "indices", f"image--{slug(im.model_id)}", im.dim, {"image": im.model_id})
+                vi = store(self.dir / "indices", f"image--{slug(im.model_id)}", im.dim, {"image": im.model_id})
             elif mode == "caption":
-                vi = VectorIndex(self.dir / "indices", f"caption--{slug(tx.model_id)}", tx.dim, {"text": tx.model_id})
+                vi = store(self.dir / "indices", f"caption--{slug(tx.model_id)}", tx.dim, {"text": tx.model_id})
             elif mode == "fused":
                 dim = im.dim if self.shared_space else im.dim + tx.dim
                 src = {"image": im.model_id, "text": tx.model_id, "alpha": self.alpha, "weights": "agreement-v1",
                        "agreement_version": self.store.get_meta("agreement_version") or "0"}
-                vi = VectorIndex(self.dir / "indices", f"fused--{slug(im.model_id)}--{slug(tx.model_id)}", dim, src)
+                vi = store(self.dir / "indices", f"fused--{slug(im.model_id)}--{slug(tx.model_id)}", dim, src)
             else:
                 raise ExplorerError(f"unknown index mode '{mode}'")
             self._indices[mode] = vi
@@ -157,8 +163,13 @@ class Library:
     def query_agreement(self, image_vec, caption_vec, exclude: set[int] = frozenset()) -> float:
         """Agreement of a query's caption with its image, against this library's neighbourhoods."""
         k = fusion.AGREEMENT_K
-        a = [i for i in self.index("image").search(image_vec, k + len(exclude))[0].tolist() if i not in exclude][:k]
-        b = [i for i in self.index("caption").search(caption_vec, k + len(exclude))[0].tolist() if i not in exclude][:k]
+
+        def top(index, vec):  # ties broken by id, so every vector-store backend gives the same list
+            m = k + len(exclude)
+            return [i for i in canonical_top(*index.search(vec, fetch_k(m, len(index))), m)[0].tolist()
+                    if i >= 0 and i not in exclude][:k]
+
+        a, b = top(self.index("image"), image_vec), top(self.index("caption"), caption_vec)
         return float(fusion.neighbourhood_agreement([a], [b], k)[0])
 
     def refresh_agreement(self) -> int:
@@ -178,12 +189,10 @@ class Library:
         for s in range(0, len(ids), 2048):
             chunk = ids[s:s + 2048]
             with img.lock, cap.lock:
-                img.index.set_ef(max(img.ef, k))
-                cap.index.set_ef(max(cap.ef, k))
-                ni = img.index.knn_query(img.get_vectors(chunk), k=k)[0]
-                nc = cap.index.knn_query(cap.get_vectors(chunk), k=k)[0]
-            a = [[x for x in row if x != iid][: k - 1] for row, iid in zip(ni.tolist(), chunk.tolist())]
-            b = [[x for x in row if x != iid][: k - 1] for row, iid in zip(nc.tolist(), chunk.tolist())]
+                ni = img.neighbours(chunk, k)
+                nc = cap.neighbours(chunk, k)
+            a = [[x for x in row if x != iid and x >= 0][: k - 1] for row, iid in zip(ni.tolist(), chunk.tolist())]
+            b = [[x for x in row if x != iid and x >= 0][: k - 1] for row, iid in zip(nc.tolist(), chunk.tolist())]
             agreement[s:s + len(chunk)] = fusion.neighbourhood_agreement(a, b, k - 1)
         with self.store.Session.begin() as s:
             s.execute(update(ImageRow), [{"id": int(i), "caption_agreement": float(a)} for i, a in zip(ids, agreement)])
