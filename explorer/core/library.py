@@ -23,7 +23,7 @@ from .errors import ExplorerError
 from .index import NO_INDEX_FILE, SyncReport
 from .models.registry import ModelLoader
 from .store import CaptionRow, ImageRow, Meta, Store, VectorRow, caption_rank
-from .vectorstore import VectorStore, open_store
+from .vectorstore import VectorStore, check_backend, open_store
 from .vectorstore.base import canonical_top, fetch_k
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ class Library:
         self.dir = Path(directory).expanduser().resolve()
         self.settings = settings
         self.loader = loader or ModelLoader(settings)
+        check_backend(settings.vector_store)
         try:
             self.store = Store(self.dir)
         except Exception as e:  # noqa: BLE001 - e.g. a read-only folder or a corrupt database

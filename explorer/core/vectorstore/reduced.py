@@ -21,6 +21,7 @@ idempotent. Any unreadable part makes ``load`` report a reason, and the store is
 
 from __future__ import annotations
 
+import mmap
 import os
 from pathlib import Path
 
@@ -73,6 +74,10 @@ class ReducedStore(ManifestSync):
             f.truncate(want * 4 * self.dim) if have < want else None
         self._full = np.memmap(self.full_path, np.float32, "r+", shape=(want, self.dim))
         self._rows = want
+        try:  # re-scoring reads scattered rows: no read-ahead, so only the rows read become resident
+            self._full._mmap.madvise(mmap.MADV_RANDOM)
+        except (AttributeError, OSError, ValueError):
+            pass
 
     # -- life cycle -------------------------------------------------------------------------------
     def _reset(self) -> None:
