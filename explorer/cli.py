@@ -160,6 +160,8 @@ def cmd_index(args) -> int:
     if args.engine == "ray":
         from .core.distributed import RayIndexer, RayOptions
 
+        if not getattr(args, "verbose", False):
+            logging.getLogger("ray").setLevel(logging.WARNING)  # Ray Data logs every operator's progress at INFO
         indexer = RayIndexer(lib, captions_file=captions, options=RayOptions(
             address=args.address, batch_size=args.batch_size, shard_size=args.shard_size,
             concurrency=parse_concurrency(args.ray_concurrency)))

@@ -55,7 +55,9 @@ SHARD_DIR = "ray-shards"
 
 @dataclass
 class RayOptions:
-    """How the job uses the cluster. ``concurrency``: actors per role (default 1 each)."""
+    """How the job uses the cluster. ``concurrency``: actors per role (default 1 each). When the
+    cluster has fewer CPUs than the actors and decode tasks ask for together, every request is
+    scaled down in proportion, so that all actor pools can start (a small local Ray)."""
 
     address: str | None = None
     shard_size: int = 64
@@ -355,13 +357,21 @@ class RayIndexer:
         o = self.options
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True  # shards complete in plan order (same ids as the local indexer)
-        gpus = ray.cluster_resources().get("GPU", 0) > 0
+        res = ray.cluster_resources()
+        gpus = res.get("GPU", 0) > 0
+        conc = {role: max(1, int(o.concurrency.get(role, 1))) for role in ROLES}
+        cpu_actor, cpu_decode = o.cpus_per_actor, o.cpus_per_decode
+        need = cpu_actor * sum(conc.values()) + cpu_decode
+        if need > res.get("CPU", need):
+            # every actor must be placeable at once, or the pipeline waits forever: shrink the requests
+            f = res["CPU"] / need
+            cpu_actor, cpu_decode = cpu_actor * f, cpu_decode * f
         ds = ray.data.from_items(rows)
-        ds = ds.map_batches(decode_batch, batch_size=o.batch_size, batch_format="numpy", num_cpus=o.cpus_per_decode)
+        ds = ds.map_batches(decode_batch, batch_size=o.batch_size, batch_format="numpy", num_cpus=cpu_decode)
         for role in ROLES:
             ds = ds.map_batches(
                 ACTORS[role], fn_constructor_args=(self.lib.settings,), batch_size=o.batch_size, batch_format="numpy",
-                concurrency=max(1, int(o.concurrency.get(role, 1))), num_cpus=o.cpus_per_actor,
+                concurrency=conc[role], num_cpus=cpu_actor,
                 num_gpus=o.gpus_per_actor if gpus and role in GPU_ROLES else 0)
         return ds
 
@@ -383,7 +393,11 @@ class RayIndexer:
                 raise ExplorerError(f"not a folder: {display(b)}")
             roots.append(b)
         started = False
-        if not ray.is_initialized():
+
+        def ensure_ray() -> None:  # only when there is something to compute: a rerun with nothing to do needs no cluster
+            nonlocal started
+            if ray.is_initialized():
+                return
             try:
                 kw = {"include_dashboard": False, "log_to_driver": False}
                 kw.update({} if self.options.address else self.options.init_kwargs)
@@ -391,6 +405,7 @@ class RayIndexer:
             except Exception as e:  # noqa: BLE001 - e.g. no cluster at that address
                 raise ExplorerError(f"cannot start or reach Ray ({self.options.address or 'local'}): {str(e).splitlines()[0]}") from None
             started = True
+
         try:
             emit(Progress("loading models"))
             self.local._models()
@@ -442,6 +457,7 @@ class RayIndexer:
                 sizes[s] = sizes.get(s, 0) + 1
             buffers: dict[int, list[dict]] = {}
             if rest and not cancel.is_set():
+                ensure_ray()
                 for b in self._dataset(rest).iter_batches(batch_size=None, batch_format="numpy"):
                     cols = list(b)
                     for j in range(len(b["key"])):

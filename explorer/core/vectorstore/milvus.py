@@ -1,9 +1,10 @@
 """Milvus backend (``pymilvus``): embedded Milvus Lite in the library folder, or a Milvus server.
 
-- **Embedded** (default): ``LIBRARY/indices/milvus.db`` is a Milvus Lite database; one client per
-  file is shared by the three indices of a process. Milvus Lite is single-process: a second
-  process opening the same file is refused by Milvus Lite, so the window and a CLI indexing run
-  cannot share an embedded library at the same time (use a server for that).
+- **Embedded** (default): ``LIBRARY/indices/milvus.db`` is a Milvus Lite database (milvus-lite 3.x:
+  pure Python in this process, a local gRPC server thread, FAISS indices); one client per file is
+  shared by the three indices of a process. Milvus Lite locks its data folder: a second process
+  opening the same file is refused, so the window and a CLI indexing run cannot share an embedded
+  library at the same time (use a server for that).
 - **Server**: ``Settings.vector_store_uri = "http://host:19530"`` (token in ``$MILVUS_TOKEN``);
   collection names then carry a hash of the library folder, so several libraries can share one
   server.
