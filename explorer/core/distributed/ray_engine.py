@@ -375,6 +375,11 @@ class RayIndexer:
                 num_gpus=o.gpus_per_actor if gpus and role in GPU_ROLES else 0)
         return ds
 
+    def _compute(self, rows: list[dict], ensure_ray: Callable[[], None]):
+        """Result batches (dicts of columns) for ``rows``, in order: the Ray Data pipeline."""
+        ensure_ray()
+        yield from self._dataset(rows).iter_batches(batch_size=None, batch_format="numpy")
+
     # -- running ---------------------------------------------------------------------------------------------
     def run(self, folders: list, progress: Callable[[Progress], None] | None = None,
             cancel: threading.Event | None = None) -> IndexSummary:
@@ -457,8 +462,7 @@ class RayIndexer:
                 sizes[s] = sizes.get(s, 0) + 1
             buffers: dict[int, list[dict]] = {}
             if rest and not cancel.is_set():
-                ensure_ray()
-                for b in self._dataset(rest).iter_batches(batch_size=None, batch_format="numpy"):
+                for b in self._compute(rest, ensure_ray):
                     cols = list(b)
                     for j in range(len(b["key"])):
                         r = {c: _py(b[c][j]) for c in cols}
