@@ -42,12 +42,16 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 def add_library_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--library", metavar="DIR", help="library folder (default: $EXPLORER_LIBRARY or ~/.local/share/retrieval-explorer/library)")
+    p.add_argument("--vector-store", dest="vector_store", metavar="NAME",
+                   help="vector-store backend: hnswlib (default), milvus, hnswlib-pca256 (see README, Scaling out)")
+    p.add_argument("--vector-store-uri", dest="vector_store_uri", metavar="URI",
+                   help="milvus: a server address (http://host:19530); default: embedded Milvus Lite in the library")
 
 
 def settings_from(args) -> Settings:
     keys = {"image": "image_encoder", "text": "text_encoder", "captioner": "captioner", "detector": "detector",
             "detector_labels": "detector_labels", "device": "device", "library": "library", "caption_sources": "caption_sources",
-            "engine": "engine"}
+            "engine": "engine", "vector_store": "vector_store", "vector_store_uri": "vector_store_uri"}
     return Settings.load({k: getattr(args, a, None) for k, a in keys.items()})
 
 
@@ -184,13 +188,39 @@ def cmd_models(args) -> int:
     return EXIT_OK if all_ready else EXIT_FAILURES
 
 
+def parse_concurrency(text: str | None) -> dict[str, int]:
+    """``detector=2,image=4`` -> {role: actors}; roles are the model roles."""
+    from .core.distributed.ray_engine import ROLES
+
+    out: dict[str, int] = {}
+    for part in filter(None, (text or "").split(",")):
+        role, _, n = part.partition("=")
+        if role.strip() not in ROLES or not n.strip().isdigit() or int(n) < 1:
+            raise ExplorerError(f"--ray-concurrency: expected ROLE=N with ROLE in {', '.join(ROLES)}, got '{part}'")
+        out[role.strip()] = int(n)
+    return out
+
+
 def cmd_index(args) -> int:
     from .core.captions import CaptionsFile
     from .core.pipeline import Indexer
 
     lib = open_library(args)
     captions = CaptionsFile.load(args.captions) if args.captions else None
-    indexer = Indexer(lib, captions_file=captions, batch_size=args.batch_size, follow_symlinks=args.follow_symlinks)
+    if args.index_engine == "ray":
+        from .core.distributed import RayIndexer, RayOptions
+
+        if args.follow_symlinks:
+            raise ExplorerError("--follow-symlinks is not supported with --index-engine ray")
+        if not getattr(args, "verbose", False):
+            logging.getLogger("ray").setLevel(logging.WARNING)  # Ray Data logs every operator's progress at INFO
+        indexer = RayIndexer(lib, captions_file=captions, options=RayOptions(
+            address=args.address, batch_size=args.batch_size, shard_size=args.shard_size,
+            concurrency=parse_concurrency(args.ray_concurrency)))
+    else:
+        if args.address:
+            raise ExplorerError("--address needs --index-engine ray")
+        indexer = Indexer(lib, captions_file=captions, batch_size=args.batch_size, follow_symlinks=args.follow_symlinks)
     with lib.writing("indexing", wait=args.wait, on_wait=lambda m: print(m, file=sys.stderr, flush=True)):
         return _index(args, lib, indexer)
 
@@ -309,6 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wait", action="store_true", help="if another process is writing the library, wait for it instead of failing")
     s.add_argument("--follow-symlinks", action="store_true",
                    help="also index files that symlinks inside the folders point to elsewhere (default: skip them)")
+    g = s.add_argument_group("distributed indexing (optional extra [scale]; see README, Scaling out)")
+    g.add_argument("--index-engine", dest="index_engine", choices=("local", "ray"), default="local",
+                   help="local (default) or ray: the same pipeline on Ray Data")
+    g.add_argument("--address", metavar="ADDR", help="Ray cluster address (ray://host:10001 or auto); default: start a local Ray")
+    g.add_argument("--shard-size", dest="shard_size", type=int, default=64, help="images per Parquet shard (the unit of resuming)")
+    g.add_argument("--ray-concurrency", dest="ray_concurrency", metavar="ROLE=N,...",
+                   help="actors per model role, e.g. detector=2,image=4 (default 1 each)")
     s.set_defaults(func=cmd_index)
 
     s = sub.add_parser("check", help="check and repair the library (database vs indices)")

@@ -29,6 +29,8 @@ ENV_VARS = {
     "library": "EXPLORER_LIBRARY",
     "caption_sources": "EXPLORER_CAPTION_SOURCES",
     "engine": "EXPLORER_ENGINE",
+    "vector_store": "EXPLORER_VECTOR_STORE",
+    "vector_store_uri": "EXPLORER_VECTOR_STORE_URI",
 }
 
 
@@ -61,6 +63,10 @@ class Settings:
     caption_sources: tuple[str, ...] = DEFAULT_ENABLED
     #: Inference engine of the offline default models: auto, torch, onnx, openvino (see models/engines.py).
     engine: str = "auto"
+    #: Vector-store backend of the library's indices (see ``explorer.core.vectorstore.BACKENDS``)
+    #: and, for ``milvus``, a server address (empty: embedded Milvus Lite in the library folder).
+    vector_store: str = "hnswlib"
+    vector_store_uri: str = ""
 
     def spec(self, role: str) -> str:
         return getattr(self, role)

@@ -29,7 +29,7 @@ from sqlalchemy import or_, select, update
 from . import fusion
 from .config import Settings
 from .errors import ExplorerError, LibraryCorrupt
-from .index import NO_INDEX_FILE, SyncReport, VectorIndex
+from .index import NO_INDEX_FILE, SyncReport
 from .lock import LibraryBusy, LibraryReadOnly, WriterLock
 from .models.registry import ModelLoader
 from .captions.sources import compose
@@ -39,6 +39,8 @@ from .store import CaptionRow, ImageRow, Meta, RunRow, Store, VectorRow, caption
 CHECK_SAMPLE = 32
 #: up to this many images, caption agreement uses exact neighbours (above: ANN candidates re-scored exactly)
 EXACT_AGREEMENT_MAX = 5000
+from .vectorstore import VectorStore, check_backend, open_store
+from .vectorstore.base import canonical_top, fetch_k
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +78,13 @@ class Library:
         self.dir = Path(directory).expanduser().resolve()
         self.settings = settings
         self.loader = loader or ModelLoader(settings)
+        check_backend(settings.vector_store)
         try:
             self.store = Store(self.dir)
         except Exception as e:  # noqa: BLE001 - e.g. a read-only folder or a corrupt database
             raise ExplorerError(f"cannot open library at {self.dir}: {str(e).splitlines()[0]}") from None
         self.alpha = fusion.DEFAULT_ALPHA
-        self._indices: dict[str, VectorIndex] = {}
+        self._indices: dict[str, VectorStore] = {}
         self._indices_lock = threading.RLock()  # GUI workers may ask for an index at the same time
         self.writer_lock = WriterLock(self.dir)
 
@@ -130,24 +133,28 @@ class Library:
         return im.shared_space_id is not None and im.shared_space_id == tx.shared_space_id
 
     # -- indices ------------------------------------------------------------------------
-    def index(self, mode: str) -> VectorIndex:
-        """The ANN index of a mode: ``image``, ``caption`` or ``fused``."""
+    def index(self, mode: str) -> VectorStore:
+        """The ANN index of a mode: ``image``, ``caption`` or ``fused`` (backend: ``settings.vector_store``)."""
         with self._indices_lock:
             return self._index_locked(mode)
 
-    def _index_locked(self, mode: str) -> VectorIndex:
+    def _index_locked(self, mode: str) -> VectorStore:
         if mode not in self._indices:
             im, tx = self.image_model, self.text_model
+
+            def store(directory, name, dim, source):  # the configured backend's store
+                return open_store(self.settings.vector_store, directory, name, dim, source, uri=self.settings.vector_store_uri)
+
             lib_id = self.store.library_id  # an index built for another library, or before the counters, is rebuilt
             if mode == "image":
-                vi = VectorIndex(self.dir / "indices", f"image--{slug(im.model_id)}", im.dim, {"image": im.model_id, "library": lib_id})
+                vi = store(self.dir / "indices", f"image--{slug(im.model_id)}", im.dim, {"image": im.model_id, "library": lib_id})
             elif mode == "caption":
-                vi = VectorIndex(self.dir / "indices", f"caption--{slug(tx.model_id)}", tx.dim, {"text": tx.model_id, "library": lib_id})
+                vi = store(self.dir / "indices", f"caption--{slug(tx.model_id)}", tx.dim, {"text": tx.model_id, "library": lib_id})
             elif mode == "fused":
                 dim = im.dim if self.shared_space else im.dim + tx.dim
                 src = {"image": im.model_id, "text": tx.model_id, "alpha": self.alpha, "weights": "agreement-v1",
                        "agreement_version": self.store.get_meta("agreement_version") or "0", "library": lib_id}
-                vi = VectorIndex(self.dir / "indices", f"fused--{slug(im.model_id)}--{slug(tx.model_id)}", dim, src)
+                vi = store(self.dir / "indices", f"fused--{slug(im.model_id)}--{slug(tx.model_id)}", dim, src)
             else:
                 raise ExplorerError(f"unknown index mode '{mode}'")
             self._indices[mode] = vi
@@ -234,7 +241,7 @@ class Library:
         vi = self.index(mode)
         with vi.lock:
             ids = np.array(sorted(vi.live_ids()), np.int64)
-        if not len(ids) or vi.index is None:
+        if not len(ids):  # also a reset (not yet rebuilt) index
             return 0, 0
         if sample is not None and len(ids) > sample:
             rng = np.random.default_rng(int(self.store.seq_high()))
@@ -259,8 +266,13 @@ class Library:
     def query_agreement(self, image_vec, caption_vec, exclude: set[int] = frozenset()) -> float:
         """Agreement of a query's caption with its image, against this library's neighbourhoods."""
         k = fusion.AGREEMENT_K
-        a = [i for i in self.index("image").search(image_vec, k + len(exclude))[0].tolist() if i not in exclude][:k]
-        b = [i for i in self.index("caption").search(caption_vec, k + len(exclude))[0].tolist() if i not in exclude][:k]
+
+        def top(index, vec):  # ties broken by id, so every vector-store backend gives the same list
+            m = k + len(exclude)
+            return [i for i in canonical_top(*index.search(vec, fetch_k(m, len(index))), m)[0].tolist()
+                    if i >= 0 and i not in exclude][:k]
+
+        a, b = top(self.index("image"), image_vec), top(self.index("caption"), caption_vec)
         return float(fusion.neighbourhood_agreement([a], [b], k)[0])
 
     def agreement_stamp(self) -> str:
@@ -280,7 +292,7 @@ class Library:
     def agreement_stale(self) -> bool:
         return self.store.get_meta("agreement_stamp") != self.agreement_stamp()
 
-    def _ordered_neighbours(self, vi: VectorIndex, ids: np.ndarray, tie_rank: np.ndarray, k: int) -> list[list[int]]:
+    def _ordered_neighbours(self, vi: VectorStore, ids: np.ndarray, tie_rank: np.ndarray, k: int) -> list[list[int]]:
         """Each id's ``k`` nearest other ids, deterministic: scores are exact inner products of the
         stored vectors rounded to 1e-5, ties broken by path order (so equal captions give the
         same neighbours whatever the index's insertion order). Exact over all images up to
@@ -298,8 +310,8 @@ class Library:
             else:
                 kk = min(n, 4 * k + 1)
                 with vi.lock:
-                    vi.index.set_ef(max(vi.ef, kk))
-                    cand_ids = vi.index.knn_query(vi.get_vectors(chunk), k=kk)[0].astype(np.int64)
+                    cand_ids = vi.neighbours(chunk, kk).astype(np.int64)  # any backend; rows padded with -1
+                    cand_ids = np.where(cand_ids < 0, chunk[:, None], cand_ids)  # padding -> self, dropped below
                     q = vi.get_vectors(chunk)
                     cv = vi.get_vectors(cand_ids.reshape(-1)).reshape(len(chunk), kk, -1)
                 scores = np.einsum("nd,nkd->nk", q, cv)

@@ -1,0 +1,68 @@
+"""Vector stores: one contract, backends chosen by name.
+
+A *vector store* holds one float32 vector per image id and answers inner-product top-k
+queries. The library keeps three of them (image, caption, fused) as rebuildable caches of the
+vectors in its database; everything above the library (search, fused re-scoring, evaluation)
+talks to the contract in :mod:`.base`, never to a backend.
+
+Backends (``Settings.vector_store`` / ``$EXPLORER_VECTOR_STORE`` / ``--vector-store``):
+
+- ``hnswlib`` (default): the in-process hnswlib indices of :mod:`explorer.core.index`, wrapped;
+- ``milvus``: Milvus through ``pymilvus`` — embedded Milvus Lite in the library folder, or a
+  Milvus server when ``Settings.vector_store_uri`` is an ``http(s)://`` address (optional extra
+  ``[scale]``);
+- ``hnswlib-pca<R>`` (e.g. ``hnswlib-pca256``): the memory-saving image index — an hnswlib index
+  over the vectors projected onto their top ``R`` principal directions, with candidates re-scored
+  exactly from full vectors kept in a memory-mapped file on disk (:mod:`.reduced`).
+
+This package owns the list of backend names (:data:`BACKENDS`) and the factory :func:`open_store`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ..errors import ExplorerError
+from .base import VectorStore
+
+#: The backend names, the default first. ``hnswlib-pca<R>`` takes any R (see :data:`PCA_PATTERN`).
+BACKENDS = ("hnswlib", "milvus", "hnswlib-pca256")
+DEFAULT_BACKEND = BACKENDS[0]
+PCA_PATTERN = re.compile(r"^hnswlib-pca(\d+)$")
+
+__all__ = ["BACKENDS", "DEFAULT_BACKEND", "VectorStore", "open_store", "check_backend"]
+
+
+def check_backend(backend: str) -> str:
+    """The backend name if known, else a clear ExplorerError."""
+    if backend in BACKENDS or PCA_PATTERN.match(backend or ""):
+        return backend
+    raise ExplorerError(f"unknown vector store '{backend}'; known: {', '.join(BACKENDS)} (hnswlib-pcaR for any R)")
+
+
+def open_store(backend: str, directory: Path, name: str, dim: int, source: dict | None = None,
+               uri: str = "", modes_reduced: tuple[str, ...] = ("image",)) -> VectorStore:
+    """A (not yet loaded) store of ``backend`` for the index ``name`` of ``dim``-d vectors.
+
+    ``directory`` is the library's ``indices`` folder: every backend keeps its manifest there.
+    For ``hnswlib-pca<R>`` only indices whose name starts with one of ``modes_reduced`` are
+    reduced; the others use plain hnswlib.
+    """
+    backend = check_backend(backend or DEFAULT_BACKEND)
+    if backend == "hnswlib":
+        from .hnsw import HnswlibStore
+
+        return HnswlibStore(directory, name, dim, source)
+    if backend == "milvus":
+        from .milvus import MilvusStore
+
+        return MilvusStore(directory, name, dim, source, uri=uri)
+    m = PCA_PATTERN.match(backend)
+    if not any(name.startswith(p + "--") for p in modes_reduced) or int(m.group(1)) >= dim:
+        from .hnsw import HnswlibStore
+
+        return HnswlibStore(directory, name, dim, source)
+    from .reduced import ReducedStore
+
+    return ReducedStore(directory, name, dim, int(m.group(1)), source)

@@ -1,0 +1,191 @@
+"""The vector-store contract on every backend, and the library on the Milvus backend.
+
+The Milvus tests run Milvus Lite embedded (``pymilvus`` + ``milvus-lite``, the ``[scale]`` extra)
+and skip cleanly when it is not installed.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from explorer.core.errors import ExplorerError
+from explorer.core.vectorstore import check_backend, open_store
+
+try:
+    import pymilvus  # noqa: F401
+    import milvus_lite  # noqa: F401
+
+    HAVE_MILVUS = True
+except ImportError:
+    HAVE_MILVUS = False
+
+needs_milvus = pytest.mark.skipif(not HAVE_MILVUS, reason="pymilvus / milvus-lite not installed (extra [scale])")
+BACKENDS = ["hnswlib", pytest.param("milvus", marks=needs_milvus), "hnswlib-pca8"]
+
+
+@pytest.fixture(autouse=True)
+def _close_milvus():
+    yield
+    if HAVE_MILVUS:
+        from explorer.core.vectorstore.milvus import close_clients
+
+        close_clients()
+
+
+def unit(x):
+    x = np.asarray(x, np.float32)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def assert_same_ranking(a, sa, b, sb):
+    """Same scores rank by rank, and the same ids — except that the order inside a group of tied
+    scores is arbitrary (identical structured captions give identical caption vectors), and a tie
+    group cut by the end of the list may hold different members (all with that same score)."""
+    assert len(a) == len(b)
+    assert np.allclose(sa, sb, atol=1e-5)
+    groups = np.round(np.asarray(sa, np.float64) / 1e-5).astype(np.int64)
+    for g in np.unique(groups):
+        if g == groups[-1]:
+            continue  # the boundary group: equal scores already checked
+        sel = groups == g
+        assert set(np.asarray(a)[sel].tolist()) == set(np.asarray(b)[sel].tolist())
+    if len(set(groups.tolist())) == len(groups):  # no ties at all: exactly the same list
+        assert list(a) == list(b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_contract_add_replace_delete_search_save_load(tmp_path, backend, monkeypatch):
+    import explorer.core.vectorstore.reduced as reduced
+
+    monkeypatch.setattr(reduced, "FIT_MIN", 100)  # fit the projection inside this small test
+    rng = np.random.default_rng(1)
+    dim, n = 32, 300
+    vecs = unit(rng.standard_normal((n, dim)))
+    ids = np.arange(1, n + 1, dtype=np.int64) * 3  # ids need not be dense
+    st = open_store(backend, tmp_path / "indices", "image--test", dim, {"image": "t"})
+    assert st.load() is not None  # nothing stored yet: a reason, not an exception
+    st.upsert(ids, vecs)
+    assert len(st) == n and st.live_ids() == set(ids.tolist()) and st.ids().tolist() == sorted(ids.tolist())
+    got, scores = st.search(vecs[7], 10)
+    assert got[0] == ids[7] and np.isclose(scores[0], 1.0, atol=1e-4)
+    assert list(scores) == sorted(scores, reverse=True)
+    # replace: the same id with another vector is held once, with the new vector
+    st.upsert(ids[7:8], vecs[8:9])
+    assert len(st) == n
+    assert np.allclose(st.get_vectors([ids[7]])[0], vecs[8], atol=1e-6)
+    top2 = st.search(vecs[8], 2)[0]
+    assert set(top2.tolist()) == {ids[7], ids[8]}
+    # delete: gone from search, from len and from the ids
+    assert st.delete([ids[8], 99999]) == 1
+    assert len(st) == n - 1 and ids[8] not in st.live_ids()
+    assert ids[8] not in st.search(vecs[8], 20)[0]
+    # save, then a fresh store loads the same contents
+    st.save()
+    st2 = open_store(backend, tmp_path / "indices", "image--test", dim, {"image": "t"})
+    assert st2.load() is None
+    assert st2.live_ids() == st.live_ids()
+    assert np.allclose(st2.get_vectors(ids[:5]), np.vstack([vecs[:5]]), atol=1e-6)
+    q = unit(rng.standard_normal(dim))
+    assert st2.search(q, 10)[0].tolist() == st.search(q, 10)[0].tolist()
+    # neighbours: each stored vector's own id comes first
+    nb = st2.neighbours(ids[:4], 3)
+    assert nb.shape == (4, 3) and nb[:, 0].tolist() == ids[:4].tolist()
+    # a store built for other vectors is not trusted
+    st3 = open_store(backend, tmp_path / "indices", "image--test", dim, {"image": "other"})
+    assert st3.load() is not None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sync_rebuilds_from_source(tmp_path, backend):
+    rng = np.random.default_rng(2)
+    vecs = unit(rng.standard_normal((50, 16)))
+    ids = np.arange(50, dtype=np.int64) + 1
+    seqs = np.arange(50) + 1
+
+    def changed(seq_high):
+        sel = seqs > seq_high
+        return ids[sel], vecs[sel], int(seqs.max())
+
+    st = open_store(backend, tmp_path / "indices", "caption--x", 16, {"text": "x"})
+    rep = st.sync(changed, set(ids.tolist()))
+    assert rep.rebuilt and rep.added == 50 and len(st) == 50
+    st.save()
+    st = open_store(backend, tmp_path / "indices", "caption--x", 16, {"text": "x"})
+    rep = st.sync(changed, set(ids[:40].tolist()))  # ten images were removed meanwhile
+    assert not rep.rebuilt and rep.added == 0 and rep.deleted == 10 and len(st) == 40
+
+
+def test_unknown_backend_is_a_clear_error():
+    with pytest.raises(ExplorerError, match="unknown vector store"):
+        check_backend("faiss-on-the-moon")
+    assert check_backend("hnswlib-pca128") == "hnswlib-pca128"
+
+
+@needs_milvus
+@pytest.mark.parametrize("mode", ["image", "caption", "fused"])
+def test_milvus_same_top10_as_hnswlib_on_sample_gallery(indexed_sample, tmp_path, mode):
+    hn = indexed_sample.index(mode)
+    ids = hn.ids()
+    vecs = hn.get_vectors(ids)
+    mv = open_store("milvus", tmp_path / "indices", hn.name, hn.dim, {"t": 1})
+    mv.upsert(ids, vecs)
+    queries = vecs if mode != "fused" else unit(vecs)
+    exact_lists = 0
+    for q in queries:
+        a, sa = hn.search(q, 10)
+        b, sb = mv.search(q, 10)
+        assert_same_ranking(a, sa, b, sb)
+        exact_lists += a.tolist() == b.tolist()
+    assert exact_lists >= len(queries) // 2  # ties are the exception, not the rule
+
+
+@needs_milvus
+def test_library_on_milvus_gives_same_agreement_search_and_evaluation(indexed_sample, sample_gallery, loader, tmp_path):
+    """A copy of the indexed sample library opened with vector_store=milvus: the indices are rebuilt
+    in Milvus Lite from the database, and agreement, search and evaluation match hnswlib."""
+    from explorer.core.evaluate import run_evaluation
+    from explorer.core.library import Library
+    from explorer.core.search import QuerySpec, Searcher
+    from explorer.core.store import ImageRow
+    from sqlalchemy import select
+
+    dst = tmp_path / "lib"
+    shutil.copytree(indexed_sample.dir, dst)
+    shutil.rmtree(dst / "indices")
+    lib = Library(dst, replace(loader.settings, library=str(dst), vector_store="milvus"), loader=loader)
+    try:
+        rep = lib.check()
+        assert all(r.rebuilt for r in rep.repairs.values())
+        assert type(lib.index("image")).__name__ == "MilvusStore"
+        for mode in ("image", "caption", "fused"):
+            assert lib.index(mode).live_ids() == indexed_sample.index(mode).live_ids()
+        # caption agreement recomputed through Milvus neighbourhoods equals the hnswlib one
+        lib.refresh_agreement()
+        lib.sync_indices()
+
+        def agreement(l):
+            with l.store.session() as s:
+                return dict(s.execute(select(ImageRow.id, ImageRow.caption_agreement)).all())
+
+        assert agreement(lib) == pytest.approx(agreement(indexed_sample))
+        # search: the same rankings and scores in every mode
+        a, b = Searcher(indexed_sample), Searcher(lib)
+        queries = sorted(p for p in sample_gallery.rglob("*.jpg"))[:4]
+        for qp in queries:
+            ra = a.search(QuerySpec(image=str(qp)), modes=("image", "caption", "fused"), k=10)
+            rb = b.search(QuerySpec(image=str(qp)), modes=("image", "caption", "fused"), k=10)
+            for m in ("image", "caption", "fused"):
+                assert [h.image_id for h in ra.modes[m].hits] == [h.image_id for h in rb.modes[m].hits], (qp, m)
+                assert np.allclose([h.score for h in ra.modes[m].hits], [h.score for h in rb.modes[m].hits], atol=1e-5)
+        # evaluation: identical metrics
+        ea = run_evaluation(indexed_sample, f"folders:{sample_gallery}", modes=("image", "fused", "caption"))
+        eb = run_evaluation(lib, f"folders:{sample_gallery}", modes=("image", "fused", "caption"))
+        assert [r.mode for r in ea.results] == [r.mode for r in eb.results]
+        for ra, rb in zip(ea.results, eb.results):
+            assert np.allclose(ra.ap, rb.ap, atol=1e-9), ra.mode  # every query's AP, not only the mean
+    finally:
+        lib.close()
