@@ -90,6 +90,9 @@ class MainWindow(QMainWindow):
         self.thumbs = ThumbnailLoader(os.path.join(settings.library, "thumbnails"), threads=2, parent=self)
         self._build()
         self._build_menus()
+        from .views import install_views  # per-query table, embedding map tab, duplicates dialog
+
+        install_views(self)
         try:
             self.session = Session(settings, library=library, loader=loader)
             self.thumbs.set_cache_dir(self.session.library.dir / "thumbnails")
