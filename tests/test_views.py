@@ -280,3 +280,45 @@ def test_duplicates_dialog_groups_and_excludes_from_evaluation(qtbot, window):
     dlg.exclude_check.setChecked(False)
     assert window.eval_panel.exclude_ids == set()
     dlg.close()
+
+
+def test_big_maps_draw_as_one_raster_and_zoom_back_to_points(qtbot, tmp_path):
+    """Level of detail: above LOD_POINTS points in view the map is one raster image; zoomed in, scatter points."""
+    pytest.importorskip("pyqtgraph")
+    from PySide6.QtGui import QColor
+
+    from explorer.core.projection import GalleryMap
+    from explorer.ui.embedding_map import LOD_POINTS, EmbeddingMapPanel, rasterize
+    from explorer.ui.thumbnails import ThumbnailLoader
+    from explorer.ui.view_context import ViewContext
+    from explorer.ui.workers import TaskRunner
+
+    img = rasterize(np.array([[0.0, 0.0], [1.0, 1.0]], np.float32), [(QColor("#ff0000"), np.array([0])), (QColor("#0000ff"), np.array([1]))],
+                    (-0.5, -0.5, 1.5, 1.5), 20, 20)
+    assert tuple(img[5, 5]) == (255, 0, 0, 255) and tuple(img[15, 15]) == (0, 0, 255, 255) and img[10, 10, 3] == 0
+    errors = []
+    ctx = ViewContext(TaskRunner(), ThumbnailLoader(tmp_path / "thumbs"), lambda: None, errors.append)
+    panel = EmbeddingMapPanel(ctx)
+    qtbot.addWidget(panel)
+    panel.resize(900, 600)
+    panel.show()
+    n = 20 * LOD_POINTS
+    rng = np.random.default_rng(0)
+    xy = rng.normal(size=(n, 2)).astype(np.float32)
+    m = GalleryMap("image", "pca", np.arange(n, dtype=np.int64), xy, [f"/x/{i}.jpg" for i in range(n)], ["a", "b"] * (n // 2),
+                   ["generated"] * n, [""] * n, rng.random(n).astype(np.float32), np.zeros(n, np.int64))
+    panel.set_map(m)
+    assert panel.lod_active and panel.raster.isVisible() and not panel._items
+    panel.vb.setRange(xRange=(-0.05, 0.05), yRange=(-0.05, 0.05), padding=0)
+    panel.update_lod()
+    assert not panel.lod_active and not panel.raster.isVisible()
+    shown = sum(len(it.data) for it in panel._items)
+    inside = np.count_nonzero((np.abs(xy[:, 0]) <= 0.05) & (np.abs(xy[:, 1]) <= 0.05))
+    assert 0 < inside <= shown < n
+    # hover and click still find points through the raster (nearest point, not the items)
+    j = int(np.flatnonzero((np.abs(xy[:, 0]) <= 0.05) & (np.abs(xy[:, 1]) <= 0.05))[0])
+    assert panel.nearest(float(xy[j, 0]), float(xy[j, 1])) == j
+    panel.vb.setRange(xRange=(-4, 4), yRange=(-4, 4), padding=0)
+    panel.update_lod()
+    assert panel.lod_active and panel.nearest(float(xy[j, 0]), float(xy[j, 1])) == j
+    assert not errors

@@ -5,8 +5,9 @@ map colours by (ground-truth label = the image's folder name, caption source, ca
 cluster) and what hover shows (path, caption). The projection is
 
 - **UMAP** (cosine metric) when ``umap-learn`` is installed (the ``umap`` extra) and asked for,
-- **PCA** otherwise (the default: exact, fast, deterministic), via the eigenvectors of the
-  ``d x d`` covariance, computed in row chunks, so 100k x 1280 never needs a second copy.
+- **PCA** otherwise (the default: fast, deterministic), via the eigenvectors of the ``d x d``
+  covariance computed in row chunks; above ``FIT_ROWS`` images the components are fitted on a
+  seeded random sample of that many rows, and every image is projected.
 
 Clusters are k-means (k-means++ seeding, fixed seed) on the first ``CLUSTER_DIMS`` principal
 components. Results are cached in ``LIBRARY/cache/maps`` keyed by a stamp of the gallery
@@ -36,6 +37,8 @@ COLOUR_BY = ("label", "caption source", "caption weight", "cluster")
 CLUSTER_DIMS = 32
 DEFAULT_CLUSTERS = 10
 CACHE_VERSION = "1"
+#: PCA components are fitted on at most this many rows (a seeded sample beyond), then all rows are projected
+FIT_ROWS = 25000
 
 
 def umap_available() -> bool:
@@ -81,23 +84,29 @@ class GalleryMap:
 
 # -- projections (pure numpy) ----------------------------------------------------------------
 
-def pca(X: np.ndarray, n_components: int = 2, chunk: int = 16384) -> np.ndarray:
-    """Scores on the top principal components (sign fixed so each axis' largest |loading| is positive)."""
+def pca(X: np.ndarray, n_components: int = 2, chunk: int = 16384, fit_rows: int = FIT_ROWS, seed: int = 0) -> np.ndarray:
+    """Scores on the top principal components (sign fixed so each axis' largest |loading| is positive).
+
+    The components are fitted on all rows up to ``fit_rows`` (exact PCA), else on a seeded
+    random sample of ``fit_rows`` rows; every row is then projected.
+    """
     X = np.asarray(X, np.float32)
     n, d = X.shape
     if n == 0:
         return np.zeros((0, n_components), np.float32)
-    mean = X.mean(axis=0, dtype=np.float64)
+    F = X if n <= fit_rows else X[np.sort(np.random.default_rng(seed).choice(n, fit_rows, replace=False))]
+    mean = F.mean(axis=0, dtype=np.float64)
     cov = np.zeros((d, d), np.float64)
-    for s in range(0, n, chunk):
-        B = X[s:s + chunk].astype(np.float64) - mean
+    for s in range(0, len(F), chunk):
+        B = F[s:s + chunk].astype(np.float64) - mean
         cov += B.T @ B
     w, V = np.linalg.eigh(cov)
     V = V[:, ::-1][:, :n_components]
     V *= np.sign(V[np.abs(V).argmax(axis=0), np.arange(V.shape[1])])
     out = np.empty((n, V.shape[1]), np.float32)
+    m32, V32 = mean.astype(np.float32), V.astype(np.float32)
     for s in range(0, n, chunk):
-        out[s:s + chunk] = (X[s:s + chunk] - mean.astype(np.float32)) @ V.astype(np.float32)
+        out[s:s + chunk] = (X[s:s + chunk] - m32) @ V32
     if out.shape[1] < n_components:  # fewer dimensions than components asked for
         out = np.pad(out, ((0, 0), (0, n_components - out.shape[1])))
     return out
@@ -223,10 +232,11 @@ def gallery_map(library, representation: str = "image", method: str | None = Non
             raise ExplorerError("the library has no indexed images yet: index a folder first")
         check()
         emit(f"projecting {len(ids)} points ({method.upper()})", 0.4)
-        xy = project(X, method)
+        P = pca(X, max(2, min(CLUSTER_DIMS, X.shape[1])))  # one PCA serves the PCA map and the clustering
+        xy = P[:, :2].copy() if method == "pca" else project(X, method)
         check()
         emit("clustering", 0.8)
-        cl = kmeans(pca(X, min(CLUSTER_DIMS, X.shape[1])), clusters)
+        cl = kmeans(P, clusters)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp.npz")
         np.savez(tmp, ids=ids, xy=xy, clusters=cl, weights=weights)

@@ -138,6 +138,7 @@ class DuplicatesDialog(QDialog):
             f.setBold(True)
             top.setFont(0, f)
             self.tree.addTopLevelItem(top)
+            top.setFirstColumnSpanned(True)
             for k, (iid, path) in enumerate(zip(g.ids, g.paths)):
                 it = QTreeWidgetItem([os.path.basename(path) + ("  (kept)" if k == 0 else ""), os.path.dirname(path)])
                 it.setData(0, PathRole, path)

@@ -25,13 +25,47 @@ from .delegates import GridDelegate
 from .models import GalleryModel, PathRole
 from .view_context import ViewContext
 
-#: categorical palette (Tableau 20 order, colour-blind friendly first 10)
+#: categorical palette (Tableau 10, then distinct extras)
 PALETTE = ["#4E79A7", "#F28E2B", "#E15759", "#76B7B2", "#59A14F", "#EDC948", "#B07AA1", "#FF9DA7", "#9C755F", "#BAB0AC",
-           "#1F77B4", "#AEC7E8", "#FF7F0E", "#98DF8A", "#D62728", "#C5B0D5", "#8C564B", "#E377C2", "#17BECF", "#BCBD22"]
+           "#17BECF", "#7F3C8D", "#11A579", "#E73F74", "#3969AC", "#80BA5A", "#E68310", "#008695", "#CF1C90", "#4B4B8F"]
 MAX_CATEGORIES = len(PALETTE)
 WEIGHT_BINS = 10
 POINT_SIZE = 7
 HOVER_PX = 8
+#: above this many points in view, the map is drawn as one raster image (level of detail)
+LOD_POINTS = 1000
+#: selections larger than this are listed in the grid but not outlined on the map (keeps frames fast)
+MAX_OUTLINED = 5000
+#: pixel offsets of a point's disc in the raster (radius 2 px)
+DISC = [(dx, dy) for dx in range(-2, 3) for dy in range(-2, 3) if dx * dx + dy * dy <= 5 and (dx or dy)]
+
+
+def rasterize(xy: np.ndarray, groups, rect: tuple[float, float, float, float], width: int, height: int) -> np.ndarray:
+    """RGBA image ``(width, height, 4)`` (x-major, y up, as pyqtgraph's ImageItem takes it) of the points.
+
+    ``groups``: [(QColor, row indices)], later groups drawn over earlier ones. Each point sets
+    one pixel to its group's code (one pass over the points); the code image is then dilated
+    into small discs with whole-image slices and mapped through a colour table, so the cost
+    is O(points + pixels), whatever the overlap.
+    """
+    x0, y0, x1, y1 = rect
+    codes = np.zeros((width, height), np.uint8)
+    sx = width / max(x1 - x0, 1e-12)
+    sy = height / max(y1 - y0, 1e-12)
+    lut = np.zeros((min(len(groups), 254) + 1, 4), np.uint8)
+    for g, (colour, rows) in enumerate(groups[:254], start=1):
+        lut[g] = (colour.red(), colour.green(), colour.blue(), 255)
+        px = ((xy[rows, 0] - x0) * sx).astype(np.int64)
+        py = ((xy[rows, 1] - y0) * sy).astype(np.int64)
+        ok = (px >= 0) & (px < width) & (py >= 0) & (py < height)
+        codes[px[ok], py[ok]] = g
+    out = codes.copy()
+    for dx, dy in DISC:
+        dst = out[max(dx, 0):width + min(dx, 0), max(dy, 0):height + min(dy, 0)]
+        src = codes[max(-dx, 0):width + min(-dx, 0), max(-dy, 0):height + min(-dy, 0)]
+        np.maximum(dst, src, out=dst)
+    # gather 4-byte pixels (one uint32 per colour), then view them as RGBA bytes
+    return lut.view(np.uint32).ravel()[out].view(np.uint8).reshape(width, height, 4)
 
 
 def weight_colour(w: float) -> QColor:
@@ -84,6 +118,7 @@ class EmbeddingMapPanel(QWidget):
         self.worker = None
         self.selected = np.zeros(0, np.int64)  # row indices into self.map
         self._items: list[pg.ScatterPlotItem] = []
+        self._built_rect = None
         self._hover_row = -1
         self._pending_hover: QPointF | None = None
 
@@ -138,6 +173,18 @@ class EmbeddingMapPanel(QWidget):
         self.lasso_item = pg.PlotCurveItem(pen=pg.mkPen("#2F6FEB", width=1.5, style=Qt.PenStyle.DashLine))
         self.lasso_item.setZValue(20)
         self.plot.addItem(self.sel_item)
+        self.raster = pg.ImageItem()
+        self.raster.setZValue(-1)
+        self.raster.hide()
+        self.plot.addItem(self.raster)
+        self.lod_active = False
+        self._groups: list = []
+        self._lod_timer = QTimer(self)
+        self._lod_timer.setSingleShot(True)
+        self._lod_timer.setInterval(15)
+        self._lod_timer.timeout.connect(self.update_lod)
+        self.vb.sigRangeChanged.connect(lambda *_: self._lod_timer.start())
+        self.vb.sigResized.connect(lambda *_: self._lod_timer.start())
         self.plot.addItem(self.lasso_item)
         self.plot.scene().sigMouseMoved.connect(self._on_mouse_moved)
         self._hover_timer = QTimer(self)
@@ -254,8 +301,10 @@ class EmbeddingMapPanel(QWidget):
         self.selected = np.zeros(0, np.int64)
         self.sel_model.set_items([], [])
         self.sel_title.setText("SELECTION")
+        if len(m):
+            lo, hi = m.xy.min(axis=0), m.xy.max(axis=0)
+            self.vb.setRange(xRange=(float(lo[0]), float(hi[0])), yRange=(float(lo[1]), float(hi[1])), padding=0.05)
         self._draw()
-        self.vb.autoRange()
         self.status.setText(f"{len(m):,} images · {m.method.upper()} of the {m.representation} vectors · "
                             f"{'cached' if m.cached else f'computed in {m.elapsed_s:.1f} s'} · hover for details, click to search")
         self.mapReady.emit(m)
@@ -289,30 +338,72 @@ class EmbeddingMapPanel(QWidget):
             out.append((f"{len(other)} more", QColor("#C8CDD3"), np.concatenate(other)))
         return out
 
-    def _draw(self) -> None:
+    def _clear_items(self) -> None:
         for it in self._items:
             self.plot.removeItem(it)
         self._items = []
+        self._built_rect = None
+
+    def _draw(self) -> None:
+        self._clear_items()
         m = self.map
         if m is None:
             self.legend.setText("")
             return
         groups = self.colour_groups()
+        self._groups = [(c, rows) for _, c, rows in groups]
         import html
 
         self.legend.setText("<br>".join(f"<span style='color:{c.name()}'>●</span> {html.escape(name)} "
                                         f"<span style='color:#5F6B7A'>({rows.size:,})</span>" for name, c, rows in groups))
-        for name, colour, rows in groups:
+        self._draw_selection()
+        self.update_lod()
+
+    def _build_items(self, rect) -> None:
+        """Scatter items for the points inside ``rect`` (x0, y0, x1, y1), one item per colour group."""
+        self._clear_items()
+        m = self.map
+        x0, y0, x1, y1 = rect
+        inside = (m.xy[:, 0] >= x0) & (m.xy[:, 0] <= x1) & (m.xy[:, 1] >= y0) & (m.xy[:, 1] <= y1)
+        for colour, rows in self._groups:
+            rows = rows[inside[rows]]
+            if not rows.size:
+                continue
             it = pg.ScatterPlotItem(x=m.xy[rows, 0], y=m.xy[rows, 1], size=POINT_SIZE, pen=None,
-                                    brush=pg.mkBrush(colour), pxMode=True, name=f"{name} ({rows.size:,})")
+                                    brush=pg.mkBrush(colour), pxMode=True)
             # a click on a point reaches the item first: route it to the same nearest-point logic
             it.sigClicked.connect(lambda _item, _pts, ev: self.click_at(self.vb.mapSceneToView(ev.scenePos())))
             self.plot.addItem(it)
             self._items.append(it)
-        self._draw_selection()
+        self._built_rect = rect
+
+    def update_lod(self) -> None:
+        """Many points in view: draw one raster image instead of the scatter items (and back)."""
+        m = self.map
+        if m is None:
+            return
+        (x0, x1), (y0, y1) = self.vb.viewRange()
+        inview = int(np.count_nonzero((m.xy[:, 0] >= x0) & (m.xy[:, 0] <= x1) & (m.xy[:, 1] >= y0) & (m.xy[:, 1] <= y1)))
+        lod = inview > LOD_POINTS
+        if lod:
+            w, h = max(1, int(self.vb.width())), max(1, int(self.vb.height()))
+            self.raster.setImage(rasterize(m.xy, self._groups, (x0, y0, x1, y1), w, h), autoLevels=False, levels=(0, 255))
+            from PySide6.QtCore import QRectF
+
+            self.raster.setRect(QRectF(x0, y0, x1 - x0, y1 - y0))
+        else:
+            b = self._built_rect
+            if b is None or x0 < b[0] or y0 < b[1] or x1 > b[2] or y1 > b[3]:
+                # points around the view too (half a view each side), so small pans reuse the items
+                dx, dy = (x1 - x0) / 2, (y1 - y0) / 2
+                self._build_items((x0 - dx, y0 - dy, x1 + dx, y1 + dy))
+        self.lod_active = lod
+        self.raster.setVisible(lod)
+        for it in self._items:
+            it.setVisible(not lod)
 
     def _draw_selection(self) -> None:
-        if self.map is None or self.selected.size == 0:
+        if self.map is None or self.selected.size == 0 or self.selected.size > MAX_OUTLINED:
             self.sel_item.setData([], [])
         else:
             xy = self.map.xy[self.selected]

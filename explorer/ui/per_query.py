@@ -39,6 +39,7 @@ class PerQueryModel(QAbstractTableModel):
         self.thumbs = thumbs
         self.cmp: QueryComparison | None = None
         self._row_of: dict[str, int] = {}
+        self._icons: dict = {}  # path -> thumbnail scaled to the row height
         thumbs.ready.connect(self._on_thumb)
 
     def set_comparison(self, cmp: QueryComparison | None) -> None:
@@ -71,7 +72,7 @@ class PerQueryModel(QAbstractTableModel):
         if role == PathRole:
             return r.path
         if role == Qt.ItemDataRole.DecorationRole and c == 0:
-            return self.thumbs.get(r.path)
+            return self._icon(r.path)
         if role == Qt.ItemDataRole.ToolTipRole:
             return f"{r.path}\n{r.caption_source}: {r.caption}"
         values = (None, os.path.basename(r.path), r.caption, r.weight, r.ap_a, r.ap_b, r.diff, r.first_a, r.first_b)
@@ -101,7 +102,17 @@ class PerQueryModel(QAbstractTableModel):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         return None
 
+    def _icon(self, path: str):
+        pm = self._icons.get(path)
+        if pm is None:
+            full = self.thumbs.get(path)
+            if full is None:
+                return None
+            pm = self._icons[path] = full.scaled(ICON, ICON, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation)
+        return pm
+
     def _on_thumb(self, path: str) -> None:
+        self._icons.pop(path, None)
         row = self._row_of.get(path)
         if row is not None:
             ix = self.index(row, 0)
@@ -122,8 +133,9 @@ class PerQueryPanel(QWidget):
         self.captions: dict[int, tuple[str, str]] = {}
         self.comparison: QueryComparison | None = None
 
-        title = QLabel("WHERE CAPTIONS HELP OR HURT · PER QUERY")
+        title = QLabel("PER QUERY")
         title.setObjectName("SectionTitle")
+        title.setToolTip("Where captions help or hurt: each query's AP in two modes")
         self.combo_a = QComboBox()
         self.combo_b = QComboBox()
         for cb in (self.combo_a, self.combo_b):
@@ -167,6 +179,7 @@ class PerQueryPanel(QWidget):
         hdr = self.table.horizontalHeader()
         hdr.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         hdr.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        hdr.setSectionResizeMode(0, QHeaderView.ResizeMode.Fixed)
         hdr.resizeSection(0, ICON + 12)
         self.table.clicked.connect(self._on_clicked)
         self.table.activated.connect(self._on_clicked)
