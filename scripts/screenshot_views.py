@@ -21,14 +21,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def save(widget, out: Path) -> None:
+def save(widget, out: Path, exact: bool = False) -> None:
+    """PNG of a widget; a 256-colour palette keeps it small unless ``exact`` (the map's point colours)."""
     from PIL import Image
 
     img = widget.grab().toImage()
     tmp = out.with_suffix(".raw.png")
     img.save(str(tmp), "PNG")
     with Image.open(tmp) as im:
-        im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG).save(out, optimize=True)
+        if exact:
+            im.convert("RGB").save(out, optimize=True)
+        else:
+            im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG).save(out, optimize=True)
     tmp.unlink()
     print(f"saved {out} ({out.stat().st_size // 1024} KB, {img.width()}x{img.height()})")
 
@@ -115,7 +119,7 @@ def main() -> int:
     mp.hover_at(float(m.xy[cat, 0]), float(m.xy[cat, 1]))  # again, now that its thumbnail is loaded
     settle(1)
     win.banner.hide()
-    save(win, out_dir / "views-map.png")
+    save(win, out_dir / "views-map.png", exact=True)
 
     # 3. duplicates dialog
     dlg = win.open_duplicates()

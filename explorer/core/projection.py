@@ -38,7 +38,7 @@ CLUSTER_DIMS = 32
 DEFAULT_CLUSTERS = 10
 CACHE_VERSION = "1"
 #: PCA components are fitted on at most this many rows (a seeded sample beyond), then all rows are projected
-FIT_ROWS = 25000
+FIT_ROWS = 10000
 
 
 def umap_available() -> bool:
@@ -98,10 +98,10 @@ def pca(X: np.ndarray, n_components: int = 2, chunk: int = 16384, fit_rows: int 
     mean = F.mean(axis=0, dtype=np.float64)
     cov = np.zeros((d, d), np.float64)
     for s in range(0, len(F), chunk):
-        B = F[s:s + chunk].astype(np.float64) - mean
-        cov += B.T @ B
-    w, V = np.linalg.eigh(cov)
-    V = V[:, ::-1][:, :n_components]
+        B = F[s:s + chunk] - mean.astype(np.float32)
+        cov += B.T @ B  # float32 products per chunk, float64 sum over chunks
+    with _one_blas_thread():
+        V = _top_eigenvectors(cov, min(n_components, d), seed)
     V *= np.sign(V[np.abs(V).argmax(axis=0), np.arange(V.shape[1])])
     out = np.empty((n, V.shape[1]), np.float32)
     m32, V32 = mean.astype(np.float32), V.astype(np.float32)
@@ -110,6 +110,38 @@ def pca(X: np.ndarray, n_components: int = 2, chunk: int = 16384, fit_rows: int 
     if out.shape[1] < n_components:  # fewer dimensions than components asked for
         out = np.pad(out, ((0, 0), (0, n_components - out.shape[1])))
     return out
+
+
+def _one_blas_thread():
+    """LAPACK on small matrices with one thread: on a busy 2-core machine the threaded eigh/qr
+    spent 13 s spinning where one thread took 1 s (bench/views_speed.py). No-op without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_limits
+
+        return threadpool_limits(1, user_api="blas")
+    except ImportError:
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+def _top_eigenvectors(C: np.ndarray, k: int, seed: int = 0, exact_dims: int = 256, iters: int = 12) -> np.ndarray:
+    """The ``k`` leading eigenvectors (columns, by decreasing eigenvalue) of a symmetric PSD matrix.
+
+    Small matrices: exact ``eigh``. Larger ones: block subspace iteration with ``k + 10`` columns
+    (a few ``d x d`` by ``d x (k+10)`` products), then an exact small eigenproblem — a full
+    1280 x 1280 ``eigh`` costs seconds on a loaded CPU for only 2-32 wanted vectors.
+    """
+    d = C.shape[0]
+    if d <= exact_dims:
+        _, V = np.linalg.eigh(C)
+        return V[:, ::-1][:, :k]
+    Q = np.random.default_rng(seed).normal(size=(d, min(d, k + 10)))
+    Q, _ = np.linalg.qr(Q)
+    for _ in range(iters):
+        Q, _ = np.linalg.qr(C @ Q)
+    w, U = np.linalg.eigh(Q.T @ C @ Q)
+    return (Q @ U[:, ::-1])[:, :k]
 
 
 def kmeans(X: np.ndarray, k: int, iters: int = 25, seed: int = 0) -> np.ndarray:

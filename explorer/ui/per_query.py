@@ -23,7 +23,10 @@ from .view_context import ViewContext
 
 SortRole = Qt.ItemDataRole.UserRole + 10
 PathRole = Qt.ItemDataRole.UserRole + 11
-COLUMNS = ("", "query", "caption", "weight", "AP a", "AP b", "ΔAP", "1st rel. a", "1st rel. b")
+COLUMNS = ("", "query", "caption", "weight", "AP a", "AP b", "ΔAP", "1st a", "1st b")
+HEADER_TIPS = {3: "caption weight of the query (0 = the caption is not trusted, 1 = a user caption)",
+               6: "AP of the second mode minus AP of the first", 7: "rank of the first relevant result, first mode",
+               8: "rank of the first relevant result, second mode"}
 ICON = 48
 
 
@@ -55,13 +58,15 @@ class PerQueryModel(QAbstractTableModel):
         return 0 if parent.isValid() else len(COLUMNS)
 
     def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):  # noqa: N802
-        if orientation != Qt.Orientation.Horizontal or role != Qt.ItemDataRole.DisplayRole:
+        if orientation != Qt.Orientation.Horizontal:
+            return None
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return HEADER_TIPS.get(section)
+        if role != Qt.ItemDataRole.DisplayRole:
             return None
         name = COLUMNS[section]
         if self.cmp is not None:
             name = name.replace(" a", f" {self.cmp.mode_a}").replace(" b", f" {self.cmp.mode_b}")
-            if section == 6:
-                name = f"ΔAP ({self.cmp.mode_b} − {self.cmp.mode_a})"
         return name
 
     def data(self, index, role=Qt.ItemDataRole.DisplayRole):
@@ -179,6 +184,8 @@ class PerQueryPanel(QWidget):
         hdr = self.table.horizontalHeader()
         hdr.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         hdr.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        hdr.setSectionResizeMode(1, QHeaderView.ResizeMode.Interactive)
+        hdr.resizeSection(1, 170)
         hdr.setSectionResizeMode(0, QHeaderView.ResizeMode.Fixed)
         hdr.resizeSection(0, ICON + 12)
         self.table.clicked.connect(self._on_clicked)
