@@ -29,8 +29,8 @@ def save(widget, out: Path, exact: bool = False) -> None:
     tmp = out.with_suffix(".raw.png")
     img.save(str(tmp), "PNG")
     with Image.open(tmp) as im:
-        if exact:
-            im.convert("RGB").save(out, optimize=True)
+        if exact:  # octree keeps the few saturated point colours that median cut merges into the photos'
+            im.convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(out, optimize=True)
         else:
             im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG).save(out, optimize=True)
     tmp.unlink()
