@@ -322,3 +322,22 @@ def test_big_maps_draw_as_one_raster_and_zoom_back_to_points(qtbot, tmp_path):
     panel.update_lod()
     assert panel.lod_active and panel.nearest(float(xy[j, 0]), float(xy[j, 1])) == j
     assert not errors
+
+
+def test_eval_cli_per_query_csv(indexed_sample, sample_gallery, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "pq.csv"
+    r = subprocess.run([sys.executable, "-m", "explorer", "eval", "--library", str(indexed_sample.dir), "--gt", f"folders:{sample_gallery}",
+                        "--modes", "image,caption", "--quiet", "--per-query", str(out)], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    import re
+
+    sign = re.search(r"\((\d+) better, (\d+) worse, (\d+) tied\)", r.stdout)
+    per_query = re.search(r"caption vs image, per query: better (\d+).*worse (\d+).*tied (\d+)", r.stdout)
+    assert sign and per_query and sign.groups() == per_query.groups()  # the chips count what the sign test counts
+    rows = list(csv.DictReader(open(out, encoding="utf-8")))
+    assert len(rows) == 50 and {"ap_image", "ap_caption", "first_relevant_caption", "caption_weight"} <= set(rows[0])
+    assert [sum(r["group"] == g for r in rows) for g in ("better", "worse", "tied")] == [int(v) for v in sign.groups()]
+    assert int(sign.group(2)) > 0
