@@ -369,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import cli_search
 
     cli_search.register(sub, add_library_option, add_model_options)
+    from . import cli_views
+
+    cli_views.register(sub, add_library_option, add_model_options)
     return p
 
 

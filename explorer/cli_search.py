@@ -86,11 +86,34 @@ def cmd_eval(args) -> int:
         if not args.quiet:
             print(f"[{frac * 100:5.1f}%] {msg}", file=sys.stderr)
 
+    exclude = None
+    if args.exclude_duplicates is not None:
+        from .core.duplicates import find_duplicates
+
+        dups = find_duplicates(lib, threshold=args.exclude_duplicates)
+        exclude = dups.exclusions()
+        print(f"duplicates: {len(dups.groups)} groups at cosine >= {dups.threshold:.3f}, {len(exclude)} images excluded", file=sys.stderr)
     report = run_evaluation(lib, args.gt, modes=modes, alpha=args.alpha, rerank=args.rerank,
-                            alpha_sweep=args.alpha_sweep, progress=progress, learned_head=head)
+                            alpha_sweep=args.alpha_sweep, progress=progress, learned_head=head, exclude_ids=exclude)
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
     print("\n".join(report.summary_lines()))
+    if args.per_query is not None:
+        from .core.per_query import compare_queries, default_pair
+
+        pair = tuple(args.compare.split(",")) if args.compare else default_pair(m.mode for m in report.results)
+        if pair is None or len(pair) != 2:
+            from .core.errors import ExplorerError
+
+            raise ExplorerError("--per-query needs two evaluated modes (e.g. --modes image,fused, or --compare image,fused)")
+        cmp = compare_queries(report, pair[0], pair[1], lib.store.active_captions())
+        print(cmp.summary_line())
+        if args.per_query:
+            print(f"per-query: {cmp.write_csv(args.per_query)}")
+        else:
+            for r in cmp.sorted_rows("diff"):
+                print(f"{r.diff:+.4f}  AP {r.ap_a:.3f} -> {r.ap_b:.3f}  first relevant {r.first_a} -> {r.first_b}  "
+                      f"w {r.weight:.2f}  {r.path}")
     for path in args.plot or []:
         for written in report.write_plot(path):
             print(f"plot: {written}")
@@ -245,6 +268,8 @@ def register(sub, add_library_option, add_model_options) -> None:
     s.add_argument("--no-boxes", action="store_true")
     s.set_defaults(func=cmd_import_gt)
 
+    from .core.duplicates import DEFAULT_THRESHOLD as DUP_THRESHOLD
+
     s = sub.add_parser("eval", help="evaluate image-only vs caption-fused retrieval against ground truth",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Ground truth forms: folders:DIR (one label per sub-folder), csv:FILE (image,label or "
@@ -261,6 +286,12 @@ def register(sub, add_library_option, add_model_options) -> None:
     s.add_argument("--head", metavar="FILE", help="a trained fusion head (adds the 'learned' mode)")
     s.add_argument("--plot", action="append", metavar="FILE", help="write the PR plot (.png, .svg or .pdf); repeatable")
     s.add_argument("--out", metavar="FILE", help="write metrics (.json, or .csv plus _per_query.csv)")
+    s.add_argument("--per-query", nargs="?", const="", metavar="CSV",
+                   help="where captions help or hurt: one row per query (AP of two modes, first relevant ranks, caption weight); "
+                        "printed, or written to CSV")
+    s.add_argument("--compare", metavar="A,B", help="the two modes --per-query compares (default image,fused)")
+    s.add_argument("--exclude-duplicates", nargs="?", const=DUP_THRESHOLD, type=float, metavar="T",
+                   help=f"leave out all but one image of each duplicate group (near-duplicate cosine >= T, default {DUP_THRESHOLD})")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_eval)
 

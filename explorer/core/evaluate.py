@@ -59,6 +59,9 @@ class EvaluationReport:
     query_paths: list[str]
     sweep: list[tuple[float, float]] | None = None
     warnings: list[str] = field(default_factory=list)
+    #: library image id and caption weight of each query (aligned with ``query_paths``)
+    query_ids: list[int] = field(default_factory=list)
+    query_weights: list[float] = field(default_factory=list)
 
     @property
     def footer(self) -> str:
@@ -85,6 +88,9 @@ class EvaluationReport:
             rk = "  ".join(f"R@{k} {v:.3f}" for k, v in r.recall_at_k.items() if k in (10, 50))
             lines.append(f"{r.mode:<14} mAP {r.map_text}  {pk}  {rk}")
         for name, c in self.comparisons.items():
+            if c.get("mean_diff") is None:  # no query kept a relevant item (e.g. all were duplicates)
+                lines.append(f"{name}: no query with relevant items to compare")
+                continue
             lo, hi = c["ci95"]
             lines.append(f"{name}: mean AP diff {c['mean_diff']:+.4f}, 95% CI [{lo:+.4f}, {hi:+.4f}], "
                          f"sign test p={c['sign_test_p']:.3g} ({c['wins']} better, {c['losses']} worse, {c['ties']} tied)")
@@ -151,8 +157,13 @@ def run_evaluation(
     progress: Callable[[str, float], None] | None = None,
     cancel: threading.Event | None = None,
     learned_head=None,
+    exclude_ids=None,
 ) -> EvaluationReport:
-    """Evaluate ``modes`` on ``gt_spec``; ``rerank`` is ``none``, ``aqe`` or ``both``."""
+    """Evaluate ``modes`` on ``gt_spec``; ``rerank`` is ``none``, ``aqe`` or ``both``.
+
+    ``exclude_ids``: library image ids left out as queries and from the gallery (e.g. the
+    non-representative members of duplicate groups, ``DuplicateReport.exclusions()``).
+    """
     t0 = time.perf_counter()
     emit = progress or (lambda msg, frac: None)
     alpha = library.alpha if alpha is None else float(alpha)
@@ -169,6 +180,12 @@ def run_evaluation(
     gt = load_ground_truth(gt_spec) if isinstance(gt_spec, str) else gt_spec
     found, warnings = _match(gt, library)
     warnings.extend(gt.warnings)
+    if exclude_ids:
+        drop = {int(i) for i in exclude_ids}
+        n_before = len(found)
+        found = {p: i for p, i in found.items() if i not in drop}
+        if n_before != len(found):
+            warnings.append(f"{n_before - len(found)} duplicate images are excluded from the evaluation")
     q_paths = [p for p in gt.queries() if p in found]
     g_paths = [p for p in gt.gallery() if p in found]
     if not q_paths or len(g_paths) < 2:
@@ -249,4 +266,5 @@ def run_evaluation(
     meta["config_hash"] = config_hash({k: meta[k] for k in ("ground_truth", "alpha", "rerank", "models", "fusion", "modes")})
     emit("done", 1.0)
     return EvaluationReport(gt.name, f"{gt.name}: {len(q_paths)} queries, {len(g_paths)} gallery images", results,
-                            comparisons, meta, [str(p) for p in q_paths], sweep, warnings)
+                            comparisons, meta, [str(p) for p in q_paths], sweep, warnings,
+                            [int(i) for i in Qv.ids.tolist()], [float(w) for w in Qv.weights.tolist()])

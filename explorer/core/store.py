@@ -379,6 +379,32 @@ class Store:
             row = s.get(Meta, key)
             return row.value if row else None
 
+    # -- read-only catalog queries for the gallery-wide views (duplicates, embedding map) ----
+    def image_catalog(self) -> list[tuple[int, str, str, str | None]]:
+        """(id, path, folder, content_hash) of every indexed (status ok) image, ordered by id."""
+        with self.session() as s:
+            q = select(ImageRow.id, ImageRow.path, ImageRow.folder, ImageRow.content_hash).where(ImageRow.status == "ok")
+            return [tuple(r) for r in s.execute(q.order_by(ImageRow.id)).all()]
+
+    def active_captions(self) -> dict[int, tuple[str, str]]:
+        """image id -> (source, text) of its active (most trusted) caption, for every image that has one."""
+        best: dict[int, tuple[int, str, str]] = {}
+        with self.session() as s:
+            for iid, source, text in s.execute(select(CaptionRow.image_id, CaptionRow.source, CaptionRow.text)):
+                r = caption_rank(source)
+                if iid not in best or r < best[iid][0]:
+                    best[iid] = (r, source, text)
+        return {i: (v[1], v[2]) for i, v in best.items()}
+
+    def gallery_stamp(self) -> str:
+        """A string that changes whenever indexed images, their vectors, captions or caption agreement change."""
+        with self.session() as s:
+            n, hi = s.execute(select(func.count(ImageRow.id), func.max(ImageRow.id)).where(ImageRow.status == "ok")).one()
+            seq = s.scalar(select(func.max(VectorRow.seq)))
+            cap = s.execute(select(func.count(CaptionRow.id), func.max(CaptionRow.id))).one()
+            agr = s.get(Meta, "agreement_version")
+        return f"{n}-{hi}-{seq}-{cap[0]}-{cap[1]}-{agr.value if agr else 0}"
+
     def close(self) -> None:
         self.engine.dispose()
 

@@ -49,6 +49,7 @@ class EvaluationPanel(QWidget):
         self.report = None
         self.worker = None
         self.canvas = None
+        self.exclude_ids: set[int] = set()  # images left out (duplicates), see set_exclusions
 
         # -- inputs
         form = QFrame()
@@ -167,7 +168,10 @@ class EvaluationPanel(QWidget):
         lay.setContentsMargins(8, 8, 8, 8)
         lay.setSpacing(8)
         lay.addWidget(form)
-        lay.addWidget(split, 1)
+        self.sections = QSplitter(Qt.Orientation.Vertical)  # more views of the report go below (add_section)
+        self.sections.setChildrenCollapsible(False)
+        self.sections.addWidget(split)
+        lay.addWidget(self.sections, 1)
 
         self.run_button.clicked.connect(lambda: self.start())
         self.cancel_button.clicked.connect(self.cancel)
@@ -229,10 +233,11 @@ class EvaluationPanel(QWidget):
         alpha = self.alpha()
         rerank = self.rerank_combo.currentText()
         sweep = self.sweep_check.isChecked()
+        exclude = set(self.exclude_ids) or None
 
         def job(worker):
             session.loader.get("image"), session.loader.get("text")
-            report = run_evaluation(session.library, spec, modes=modes, alpha=alpha, rerank=rerank, alpha_sweep=sweep,
+            report = run_evaluation(session.library, spec, modes=modes, alpha=alpha, rerank=rerank, alpha_sweep=sweep, exclude_ids=exclude,
                                     progress=lambda msg, frac: worker.report((msg, frac), key=msg), cancel=worker.cancel)
             return report, report.figure()
 
@@ -243,6 +248,17 @@ class EvaluationPanel(QWidget):
         self.status.setText("starting…")
         self.worker = self.ctx.tasks.start(job, pass_worker=True, on_result=self._on_done, on_error=self._fail,
                                             on_progress=self._on_progress, on_finished=self._on_finished, name="evaluate")
+
+    def add_section(self, widget) -> None:
+        """Add a view of the report under the plot and metrics (e.g. the per-query table)."""
+        self.sections.addWidget(widget)
+        self.sections.setStretchFactor(self.sections.count() - 1, 1)
+
+    def set_exclusions(self, ids) -> None:
+        """Images to leave out of the next evaluations (e.g. duplicates); empty = none."""
+        self.exclude_ids = set(int(i) for i in ids)
+        self.status.setText(f"{len(self.exclude_ids)} duplicate images will be left out of the evaluation"
+                            if self.exclude_ids else "all images are evaluated")
 
     def cancel(self) -> None:
         if self.worker is not None:

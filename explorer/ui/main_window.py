@@ -28,6 +28,7 @@ from .evaluation import EvaluationPanel
 from .gallery import GallerySidebar
 from .indexing import IndexingController
 from .search_page import SearchPage
+from .views import install_views
 from .thumbnails import ThumbnailLoader
 from .widgets import Banner, short_path
 from .workers import TaskRunner
@@ -57,6 +58,7 @@ class MainWindow(QMainWindow):
         self._build()
         build_menus(self)
         self._wire()
+        install_views(self)  # per-query table, embedding map tab, duplicates dialog
 
         if self.ctx.open(library=library, loader=loader):
             self.thumbs.set_cache_dir(self.ctx.session.library.dir / "thumbnails")

@@ -237,6 +237,7 @@ class _Block:
     npos: np.ndarray  # (cb,)
     hits: np.ndarray  # (cb, nk)
     pr: np.ndarray  # (cb, 101) NaN rows where no relevant
+    first: np.ndarray | None = None  # (cb,) 1-based rank of the first relevant item, -1 where none
 
 
 def _eval_block(work: np.ndarray, rel_rows, rel_cols, ign_rows, ign_cols, ks, ws: _Workspace) -> _Block:
@@ -336,6 +337,17 @@ def _eval_block(work: np.ndarray, rel_rows, rel_cols, ign_rows, ign_cols, ks, ws
     pr_all = np.take_along_axis(p2, idx, axis=1)
     pr[has] = pr_all[has]
 
+    # -- rank of the first relevant item: the row's best-scored relevant item (the last of its
+    # row in this order), with the same tie-breaking as top-k (exact comparison only on ties)
+    first = np.full(cb, -1, np.int64)
+    hr = np.flatnonzero(has)
+    top_i = r_end[hr] - 1
+    first[hr] = n_gt[top_i] + 1
+    for r, i in zip(hr[(n_ge[top_i] - n_gt[top_i]) > 1].tolist(), top_i[(n_ge[top_i] - n_gt[top_i]) > 1].tolist()):
+        seg = slice(int(r_end[r] - npos[r]), int(r_end[r]))
+        c0 = int(cols[seg][t[seg] == t[i]].min())
+        first[r] = int(n_gt[i]) + int(np.count_nonzero(work[r, :c0] == t[i])) + 1
+
     # -- top-k hits with deterministic tie-breaking (descending score, then gallery index)
     kk = np.asarray(ks, np.int64)
     straddle = (n_gt[:, None] < kk[None, :]) & (n_ge[:, None] > kk[None, :])
@@ -352,7 +364,7 @@ def _eval_block(work: np.ndarray, rel_rows, rel_cols, ign_rows, ign_cols, ks, ws
     for i, k in enumerate(ks):
         inside = rank < k
         hits[:, i] = np.bincount(rows[inside], minlength=cb)
-    return _Block(ap, npos, hits, pr)
+    return _Block(ap, npos, hits, pr, first)
 
 
 class _Accumulator:
@@ -364,12 +376,15 @@ class _Accumulator:
         self.pr_sum = np.zeros(PR_POINTS)
         self.pr_count = 0
         self.pr_rows = np.full((nq, PR_POINTS), np.nan) if keep_pr else None
+        self.first = np.full(nq, -1, np.int64)
 
     def add(self, start: int, b: _Block) -> None:
         stop = start + b.ap.size
         self.ap[start:stop] = b.ap
         self.npos[start:stop] = b.npos
         self.hits[start:stop] = b.hits
+        if b.first is not None:
+            self.first[start:stop] = b.first
         has = b.npos > 0
         self.pr_sum += b.pr[has].sum(axis=0)
         self.pr_count += int(has.sum())
@@ -398,6 +413,7 @@ class _Accumulator:
             recall_at_k=r_at,
             pr_recall=PR_RECALL.copy(),
             pr_precision=prec,
+            first_relevant_rank=self.first,
         )
 
 
@@ -444,6 +460,8 @@ class ModeMetrics:
     recall_at_k: dict[int, float] = field(default_factory=dict)
     pr_recall: np.ndarray = field(default_factory=lambda: PR_RECALL.copy())
     pr_precision: np.ndarray = field(default_factory=lambda: np.full(PR_POINTS, np.nan))
+    #: per query, the 1-based rank of the first relevant item (top-k tie-breaking); -1 where none
+    first_relevant_rank: np.ndarray | None = None
 
     @property
     def map_text(self) -> str:
