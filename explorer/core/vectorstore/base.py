@@ -102,7 +102,11 @@ class VectorStore(abc.ABC):
             return out
 
     @abc.abstractmethod
-    def sync(self, changed: Callable[[int], tuple[np.ndarray, np.ndarray, int]], live: set[int]) -> SyncReport: ...
+    def sync(self, changed: Callable[[int], tuple], live: set[int], db_seq_high: int | None = None) -> SyncReport: ...
+
+    @abc.abstractmethod
+    def reset(self, report: SyncReport, reason: str) -> None:
+        """Forget what is stored (in memory only): the next ``sync`` rebuilds from the database."""
 
 
 class ManifestSync(VectorStore):

@@ -66,8 +66,11 @@ class HnswlibStore(VectorStore):
     def search(self, query, k, ef=None):
         return self._vi.search(query, k, ef)
 
-    def sync(self, changed, live):
-        return self._vi.sync(changed, live)
+    def sync(self, changed, live, db_seq_high=None):
+        return self._vi.sync(changed, live, db_seq_high)
+
+    def reset(self, report, reason):
+        self._vi.reset(report, reason)
 
     def neighbours(self, ids, k):
         """One batched hnswlib query over the stored vectors, ties broken by id."""
