@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install the project into it, once. Re-runs only when pyproject.toml changes.
+# Create .venv and install the project into it, once (with the extras the tests exercise: dev,
+# ocr, fast = OpenVINO, scale = Ray + Milvus Lite). Re-runs only when pyproject.toml changes.
 # torch is installed first at its pinned version: these machines carry that wheel on disk,
 # and an unpinned torch would pull a multi-GB download.
 #
@@ -27,7 +28,7 @@ if [ ! -f "$stamp" ]; then
   echo "[bootstrap] setting up .venv (first run only; a few minutes)..." >&2
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
   .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,ocr,fast]"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,ocr,fast,scale]"
   # the OCR caption source; --no-deps: it asks for opencv-python, we ship opencv-python-headless
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps rapidocr_onnxruntime==1.4.4
   rm -f .venv/.installed-*
