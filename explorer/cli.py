@@ -33,6 +33,13 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--detector", metavar="SPEC", help="e.g. ssd-mobilenet, hf-detr:facebook/detr-resnet-50")
     g.add_argument("--detector-labels", metavar="L1,L2", help="labels for open-vocabulary detectors")
     g.add_argument("--device", metavar="DEV", help="auto (default), cpu, cuda")
+    g.add_argument("--image-preprocess", dest="image_preprocess", choices=("whole", "stretch", "crop"),
+                   help="EfficientNet input geometry (default whole: the whole image, aspect kept)")
+    g.add_argument("--image-scales", dest="image_scales", metavar="S1,S2", help="multi-scale GeM scales (default 0.7071,1,1.4142)")
+    g.add_argument("--gem-p", dest="gem_p", type=float, metavar="P", help="GeM power (default 3)")
+    g.add_argument("--whitening", choices=("pca", "lw", "none"), help="whitening of image vectors (default pca)")
+    g.add_argument("--whitening-dim", dest="whitening_dim", type=int, metavar="N", help="whitened dimension (0 = all)")
+    g.add_argument("--whitening-shrinkage", dest="whitening_shrinkage", type=float, metavar="X", help="covariance shrinkage in [0, 1]")
 
 
 def add_library_option(p: argparse.ArgumentParser) -> None:
@@ -41,7 +48,8 @@ def add_library_option(p: argparse.ArgumentParser) -> None:
 
 def settings_from(args) -> Settings:
     keys = {"image": "image_encoder", "text": "text_encoder", "captioner": "captioner", "detector": "detector",
-            "detector_labels": "detector_labels", "device": "device", "library": "library"}
+            "detector_labels": "detector_labels", "device": "device", "library": "library",
+            **{k: k for k in ("image_preprocess", "image_scales", "gem_p", "whitening", "whitening_dim", "whitening_shrinkage")}}
     return Settings.load({k: getattr(args, a, None) for k, a in keys.items()})
 
 
@@ -191,6 +199,25 @@ def cmd_check(args) -> int:
     return EXIT_OK
 
 
+def cmd_whiten(args) -> int:
+    """Fit the library's whitening on its own image vectors (learned whitening with --gt)."""
+    lib = open_library(args, must_exist=True)
+    labels = None
+    if args.gt:
+        from .core.evaluate import image_labels
+
+        labels = image_labels(lib, args.gt)
+    w = lib.fit_whitening(labels)
+    lib.sync_indices(save=True)
+    lib.refresh_agreement()
+    lib.sync_indices(save=True)
+    st = w.stamp
+    print(f"whitening {w.kind}: fitted on {st['n']} image vectors of {st['model_id']}, {w.in_dim} -> {w.out_dim} dims, "
+          f"shrinkage {st['shrinkage']}; stored in {lib.whitening_path()}; image and fused indices rebuilt")
+    lib.close()
+    return EXIT_OK
+
+
 def cmd_demo_gallery(args) -> int:
     from .core.samples import make_sample_gallery
 
@@ -233,6 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_library_option(s)
     add_model_options(s)
     s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("whiten", help="fit the whitening of image vectors on this library (PCA; learned whitening with --gt)")
+    add_library_option(s)
+    add_model_options(s)
+    s.add_argument("--gt", metavar="SPEC", help="ground-truth labels for supervised learned whitening (folders:DIR, csv:FILE, ...)")
+    s.set_defaults(func=cmd_whiten)
 
     s = sub.add_parser("sample-gallery", help="write the sample gallery (photos shipped by scikit-image) to a folder")
     s.add_argument("out", nargs="?", default="sample-gallery")

@@ -4,6 +4,14 @@
 agree with the database: each index is synced against the stored vectors (adding what is
 missing, deleting what is gone, rebuilding a missing or corrupt index file), and what was
 repaired is reported.
+
+**Whitening** (``explorer.core.whitening``): the library may hold a whitening of its image
+vectors, fitted on its own vectors (``fit_whitening``; refitted at the end of an indexing run
+when there is none or the gallery grew a lot). Stored raw vectors stay raw; every consumer of
+image vectors here — the image and fused indices, ``gallery_vectors`` (evaluation, learned
+fusion) and, through ``project_image``, queries — sees the whitened ones, so all modes and
+evaluation agree. No whitening applies in a shared image-text space (text queries search the
+image index there).
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import or_, select, update
 
-from . import fusion
+from . import fusion, whitening as wht
 from .config import Settings
 from .errors import ExplorerError
 from .index import NO_INDEX_FILE, SyncReport, VectorIndex
@@ -59,6 +67,7 @@ class Library:
         self.alpha = fusion.DEFAULT_ALPHA
         self._indices: dict[str, VectorIndex] = {}
         self._indices_lock = threading.RLock()  # GUI workers may ask for an index at the same time
+        self._whitening: tuple[str, wht.Whitening | None] | None = None  # (model id, loaded whitening)
 
     # model facts come from the loaded models, so they are loaded lazily
     @property
@@ -74,6 +83,72 @@ class Library:
         im, tx = self.image_model, self.text_model
         return im.shared_space_id is not None and im.shared_space_id == tx.shared_space_id
 
+    # -- whitening ----------------------------------------------------------------------
+    def whitening_path(self) -> Path:
+        return self.dir / "whitening" / f"{slug(self.image_model.model_id)}.npz"
+
+    @property
+    def whitening(self) -> wht.Whitening | None:
+        """The whitening in force for image vectors (None: raw vectors)."""
+        if self.settings.whitening == "none" or self.shared_space:
+            return None
+        mid = self.image_model.model_id
+        if self._whitening is None or self._whitening[0] != mid:
+            path = self.whitening_path()
+            w = None
+            if path.is_file():
+                try:
+                    w = wht.Whitening.load(path)
+                except ExplorerError as e:
+                    log.warning("%s; image vectors are used unwhitened until it is refitted", e)
+                if w is not None and (w.stamp.get("model_id") != mid or w.in_dim != self.image_model.dim):
+                    w = None
+            self._whitening = (mid, w)
+        return self._whitening[1]
+
+    @property
+    def image_dim(self) -> int:
+        w = self.whitening
+        return w.out_dim if w is not None else self.image_model.dim
+
+    def project_image(self, x: np.ndarray) -> np.ndarray:
+        """Raw image vector(s) -> the vectors this library searches with (whitened when fitted)."""
+        w = self.whitening
+        return np.asarray(x, np.float32) if w is None else w.apply(x)
+
+    def whitening_due(self) -> str | None:
+        """Why the whitening should be refitted now (None: it is fine or cannot be fitted)."""
+        st = self.settings
+        if st.whitening != "pca" or self.shared_space:
+            return None
+        n = len(self.live_ids("image"))
+        return wht.needs_refit(self.whitening, n, self.image_model.model_id, "pca", st.whitening_dim, st.whitening_shrinkage)
+
+    def fit_whitening(self, labels: dict[int, str] | None = None) -> wht.Whitening:
+        """Fit (PCA, or learned whitening when ``labels`` maps image ids to labels) on this
+        library's own image vectors, store it, and drop the indices that depend on it."""
+        if self.shared_space:
+            raise ExplorerError("whitening is not used with a shared image-text space (text queries search the image index)")
+        mid = self.image_model.model_id
+        ids, mat = self.store.load_vectors("image", mid, None)
+        st = self.settings
+        stamp = {"model_id": mid, "ids": wht.ids_digest(ids)}
+        if labels is not None:
+            keep = [j for j, i in enumerate(ids.tolist()) if int(i) in labels]
+            if len(keep) < wht.MIN_FIT:
+                raise ExplorerError(f"learned whitening needs at least {wht.MIN_FIT} labelled indexed images, found {len(keep)}")
+            w = wht.fit_lw(mat[keep], [labels[int(ids[j])] for j in keep], st.whitening_shrinkage, st.whitening_dim, stamp)
+        else:
+            if len(ids) < wht.MIN_FIT:
+                raise ExplorerError(f"whitening needs at least {wht.MIN_FIT} indexed images, the library has {len(ids)}")
+            w = wht.fit_pca(mat, st.whitening_shrinkage, st.whitening_dim, stamp)
+        w.save(self.whitening_path())
+        with self._indices_lock:
+            self._whitening = (mid, w)
+            self._indices.pop("image", None)
+            self._indices.pop("fused", None)
+        return w
+
     # -- indices ------------------------------------------------------------------------
     def index(self, mode: str) -> VectorIndex:
         """The ANN index of a mode: ``image``, ``caption`` or ``fused``."""
@@ -83,14 +158,16 @@ class Library:
     def _index_locked(self, mode: str) -> VectorIndex:
         if mode not in self._indices:
             im, tx = self.image_model, self.text_model
+            w = self.whitening
+            wsrc = {"whitening": w.tag} if w is not None else {}
             if mode == "image":
-                vi = VectorIndex(self.dir / "indices", f"image--{slug(im.model_id)}", im.dim, {"image": im.model_id})
+                vi = VectorIndex(self.dir / "indices", f"image--{slug(im.model_id)}", self.image_dim, {"image": im.model_id, **wsrc})
             elif mode == "caption":
                 vi = VectorIndex(self.dir / "indices", f"caption--{slug(tx.model_id)}", tx.dim, {"text": tx.model_id})
             elif mode == "fused":
-                dim = im.dim if self.shared_space else im.dim + tx.dim
+                dim = im.dim if self.shared_space else self.image_dim + tx.dim
                 src = {"image": im.model_id, "text": tx.model_id, "alpha": self.alpha, "weights": "agreement-v1",
-                       "agreement_version": self.store.get_meta("agreement_version") or "0"}
+                       "agreement_version": self.store.get_meta("agreement_version") or "0", **wsrc}
                 vi = VectorIndex(self.dir / "indices", f"fused--{slug(im.model_id)}--{slug(tx.model_id)}", dim, src)
             else:
                 raise ExplorerError(f"unknown index mode '{mode}'")
@@ -110,6 +187,8 @@ class Library:
                     return np.zeros(0, np.int64), np.zeros((0, 1), np.float32), seq_high
                 ids = np.array([r[0] for r in rows], np.int64)
                 mat = np.frombuffer(b"".join(r[2] for r in rows), np.float32).reshape(len(rows), rows[0][1])
+                if kind == "image":
+                    mat = self.project_image(mat)
                 return ids, mat, max(r[3] for r in rows)
             return changed
 
@@ -207,7 +286,7 @@ class Library:
         ids_i, mat_i = self.store.load_vectors("image", im, image_ids)
         ids_c, mat_c = self.store.load_vectors("caption", tx, image_ids)
         common = np.intersect1d(ids_i, ids_c)
-        mat_i = mat_i[np.searchsorted(ids_i, common)] if len(common) else np.zeros((0, self.image_model.dim), np.float32)
+        mat_i = self.project_image(mat_i[np.searchsorted(ids_i, common)]) if len(common) else np.zeros((0, self.image_dim), np.float32)
         mat_c = mat_c[np.searchsorted(ids_c, common)] if len(common) else np.zeros((0, self.text_model.dim), np.float32)
         weights = np.zeros(len(common), np.float32)
         if len(common):

@@ -101,6 +101,8 @@ class IndexSummary:
     cancelled: bool = False
     elapsed: float = 0.0
     repairs: list[str] = field(default_factory=list)
+    #: set when this run (re)fitted the library's whitening: why and what
+    whitening: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -111,6 +113,7 @@ class IndexSummary:
             "scanned": self.scanned, "indexed": self.indexed, "unchanged": self.unchanged, "removed": self.removed,
             "failed": len(self.failures), "cancelled": self.cancelled, "elapsed_s": round(self.elapsed, 2),
             "failures": [f.__dict__ for f in self.failures], "repairs": self.repairs,
+            "whitening": self.whitening,
         }
 
 
@@ -379,7 +382,12 @@ class Indexer:
             summary.cancelled = cancel.is_set()
             emit(Progress("saving", prog.done, prog.total, prog.failed, prog.skipped, prog.elapsed))
             self.lib.sync_indices(save=True)
-            if summary.indexed or summary.removed:
+            refit = None if summary.cancelled else self.lib.whitening_due()
+            if refit:  # whitening is fitted on the library's own vectors (explorer.core.whitening)
+                w = self.lib.fit_whitening()
+                summary.whitening = f"whitening refitted ({refit}): {w.kind}, {w.stamp['n']} vectors, {w.out_dim}-d"
+                self.lib.sync_indices(save=True)
+            if summary.indexed or summary.removed or refit:
                 self.lib.refresh_agreement()  # neighbourhoods changed: caption weights follow
                 self.lib.sync_indices(save=True)
             summary.elapsed = time.monotonic() - t0

@@ -306,7 +306,10 @@ class MainWindow(QMainWindow):
         self.rerank_combo = QComboBox()
         self.rerank_combo.addItem("none", "none")
         self.rerank_combo.addItem("α-QE", "aqe")
-        self.rerank_combo.setToolTip("Re-ranking: α-query expansion averages the query with its top neighbours")
+        self.rerank_combo.addItem("SuperGlobal", "superglobal")
+        self.rerank_combo.addItem("k-reciprocal", "kreciprocal")
+        self.rerank_combo.setToolTip("Re-ranking: α-QE averages the query with its top neighbours; SuperGlobal refines the top 50 "
+                                     "by their neighbourhoods; k-reciprocal compares reciprocal-neighbour sets")
         self.rerank_combo.currentIndexChanged.connect(lambda _: self.rerank())
         self.caption_check = QCheckBox("Caption-only")
         self.caption_check.setToolTip("Show a third column: caption-only retrieval (text to text)")
