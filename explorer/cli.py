@@ -175,6 +175,8 @@ def cmd_index(args) -> int:
             print(f"  failed: {f.path}: {f.reason}")
         if len(summary.failures) > 50:
             print(f"  ... and {len(summary.failures) - 50} more (use --json for all)")
+        if summary.whitening:
+            print(summary.whitening)
         if summary.cancelled:
             print("cancelled: what was done is saved; run the same command again to continue")
     if summary.cancelled:

@@ -320,3 +320,29 @@ def test_new_descriptor_reembeds_images_once_and_keeps_captions_and_detections(t
     assert all(vecs1[k] == seq for k, seq in vecs0.items())  # old vectors untouched
     assert Indexer(new).run([g]).unchanged == 3  # once: a second run has nothing to do
     new.close()
+
+
+def test_rerank_is_stable_to_query_reencoding_and_pool_order():
+    """A search re-encodes its query (float noise ~1e-7) and scores a pool in id order; with many
+    identical gallery vectors (identical captions) the chosen neighbours must not depend on either."""
+    rng = np.random.default_rng(0)
+    distinct = l2_normalise(rng.normal(size=(6, 16)).astype(np.float32))
+    g = distinct[rng.integers(0, 6, size=60)]
+    ids = np.arange(60) * 3 + 7
+    sc = rr.Scorer("dot", "caption")
+    for m in rr.METHODS[1:]:
+        for j in range(0, 60, 7):
+            q = g[j : j + 1]
+            G = rr.Vectors({"caption": g}, ids=ids)
+            base = sc(rr.Vectors({"caption": q}), G)
+            base[0, j] = -np.inf
+            want = rr.rerank(m, sc, rr.Vectors({"caption": q}), G, base)[0]
+            perm = rng.permutation(60)
+            qn = l2_normalise(q + rng.normal(size=q.shape).astype(np.float32) * 1e-7)
+            Gp = rr.Vectors({"caption": g[perm]}, ids=ids[perm])
+            bp = sc(rr.Vectors({"caption": qn}), Gp)
+            bp[0, perm == j] = -np.inf
+            got = rr.rerank(m, sc, rr.Vectors({"caption": qn}), Gp, bp)[0]
+            ok = np.isfinite(want[perm])
+            assert np.array_equal(ok, np.isfinite(got))
+            np.testing.assert_allclose(got[ok], want[perm][ok], atol=1e-5, err_msg=m)

@@ -44,6 +44,14 @@ SG_K, SG_M, SG_POWER = 50, 5, 3.0
 KR_K, KR_K1, KR_K2, KR_LAMBDA = 50, 10, 3, 0.3
 #: items outside the reranked top keep their order below it: score = base - OUTSIDE
 OUTSIDE = 10.0
+#: when choosing neighbours, scores equal to this many decimals are ties (broken by position, i.e.
+#: by image id): a search re-encodes its query, whose scores then differ from the stored vector's
+#: by float noise (~1e-7), and must still pick the neighbours the evaluation picks
+TIE_DECIMALS = 5
+
+
+def _key(x: np.ndarray) -> np.ndarray:
+    return np.round(x, TIE_DECIMALS)
 
 
 def check_method(method: str) -> str:
@@ -111,8 +119,8 @@ def _top(base: np.ndarray, k: int, ids: np.ndarray | None = None) -> np.ndarray:
     so a search pool and an evaluation gallery in another row order pick and order the same top."""
     k = max(1, min(k, base.shape[1]))
     if ids is None:
-        return np.argsort(-base, axis=1, kind="stable")[:, :k]
-    return np.stack([np.lexsort((ids, -row))[:k] for row in base])
+        return np.argsort(-_key(base), axis=1, kind="stable")[:, :k]
+    return np.stack([np.lexsort((ids, -_key(row)))[:k] for row in base])
 
 
 def _expand(q: Vectors, nb: Vectors, w: np.ndarray, reps) -> Vectors:
@@ -152,7 +160,7 @@ def superglobal(scorer: Scorer, q: Vectors, g: Vectors, base: np.ndarray, k: int
     gg = scorer(scorer.as_queries(cand), cand)  # (b, k, k)
     gg = np.where(valid[:, None, :], gg, -np.inf)
     mm = min(m + 1, top.shape[1])  # itself and its m nearest candidates
-    nb = np.argsort(-gg, axis=2, kind="stable")[:, :, :mm]  # (b, k, mm)
+    nb = np.argsort(-_key(gg), axis=2, kind="stable")[:, :, :mm]  # (b, k, mm)
     w = _weights(np.take_along_axis(gg, nb, 2), power)  # (b, k, mm)
     refined = {}
     for r in scorer.reps:
@@ -187,18 +195,18 @@ def kreciprocal(scorer: Scorer, q: Vectors, g: Vectors, base: np.ndarray, k: int
         dist = np.where(np.isfinite(sim), np.clip(2.0 - 2.0 * sim, 0.0, None), np.inf)
         n = len(dist)
         kk1 = min(k1 + 1, n)
-        rank = np.argsort(dist, axis=1, kind="stable")
+        rank = np.argsort(_key(dist), axis=1, kind="stable")
         fwd = rank[:, :kk1]
         V = np.zeros((n, n))
         for a in range(n):
             recip = [j for j in fwd[a] if a in fwd[j]]
-            R = set(recip)
+            R = set(recip) | {a}
             for j in recip:  # add a neighbour's half-size reciprocal set when it overlaps enough
                 half = rank[j, : max(1, int(round(k1 / 2))) + 1]
                 rj = [x for x in half if j in rank[x, : max(1, int(round(k1 / 2))) + 1]]
                 if len(set(rj) & R) > 2 / 3 * len(rj):
                     R |= set(rj)
-            R = np.array(sorted(R))
+            R = np.array(sorted(R), np.int64)
             d = dist[a, R]
             wv = np.exp(-np.where(np.isfinite(d), d, 1e9))
             V[a, R] = wv / max(wv.sum(), 1e-12)
