@@ -35,7 +35,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", metavar="DEV", help="auto (default), cpu, cuda")
     g.add_argument("--image-preprocess", dest="image_preprocess", choices=("whole", "stretch", "crop"),
                    help="EfficientNet input geometry (default whole: the whole image, aspect kept)")
-    g.add_argument("--image-scales", dest="image_scales", metavar="S1,S2", help="multi-scale GeM scales (default 0.7071,1,1.4142)")
+    g.add_argument("--image-scales", dest="image_scales", metavar="S1,S2", help="multi-scale GeM scales (default 1,1.4142)")
     g.add_argument("--gem-p", dest="gem_p", type=float, metavar="P", help="GeM power (default 3)")
     g.add_argument("--whitening", choices=("pca", "lw", "none"), help="whitening of image vectors (default pca)")
     g.add_argument("--whitening-dim", dest="whitening_dim", type=int, metavar="N", help="whitened dimension (0 = all)")
@@ -215,7 +215,11 @@ def cmd_whiten(args) -> int:
     lib.sync_indices(save=True)
     st = w.stamp
     print(f"whitening {w.kind}: fitted on {st['n']} image vectors of {st['model_id']}, {w.in_dim} -> {w.out_dim} dims, "
-          f"shrinkage {st['shrinkage']}; stored in {lib.whitening_path()}; image and fused indices rebuilt")
+          f"shrinkage {st['shrinkage']}; stored in {lib.whitening_path()}")
+    if lib.settings.whitening == "none":
+        print('not in use: whitening is "none" in the settings; set it to "pca" or "lw" (config file or --whitening) to use it')
+    else:
+        print("image and fused indices rebuilt with it")
     lib.close()
     return EXIT_OK
 

@@ -346,3 +346,20 @@ def test_rerank_is_stable_to_query_reencoding_and_pool_order():
             ok = np.isfinite(want[perm])
             assert np.array_equal(ok, np.isfinite(got))
             np.testing.assert_allclose(got[ok], want[perm][ok], atol=1e-5, err_msg=m)
+
+
+def test_whiten_cli_fits_learned_whitening_from_labels(library_copy, sample_gallery):
+    import subprocess
+    import sys
+
+    lib_dir = str(library_copy.dir)
+    library_copy.close()
+    cmd = [sys.executable, "-m", "explorer", "whiten", "--library", lib_dir, "--gt", f"folders:{sample_gallery}", "--whitening", "lw"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "whitening lw: fitted on 50 image vectors" in r.stdout and "rebuilt" in r.stdout
+    w = wht.Whitening.load(next((library_copy.dir / "whitening").glob("*.npz")))
+    assert w.kind == "lw" and w.stamp["labels"] == 13
+    bad = subprocess.run([sys.executable, "-m", "explorer", "whiten", "--library", lib_dir, "--whitening-shrinkage", "2"],
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "shrinkage must be in [0, 1]" in bad.stderr

@@ -57,7 +57,7 @@ class Settings:
     #: (whole | stretch | crop), scales of the multi-scale GeM (1 = 224 px), GeM power.
     #: Changing any of them changes the image model id: images are re-embedded once.
     image_preprocess: str = "whole"
-    image_scales: tuple[float, ...] = (0.7071, 1.0, 1.4142)
+    image_scales: tuple[float, ...] = (1.0, 1.4142)
     gem_p: float = 3.0
     #: Learned whitening of image vectors (``explorer.core.whitening``): pca | none; output
     #: dimension (0 = keep all); shrinkage of the covariance towards its mean eigenvalue.
