@@ -45,7 +45,6 @@ from .evaluation import (
 )
 from .evaluation.groundtruth import GroundTruth
 from .library import GalleryVectors, Library
-from .models.base import l2_normalise
 from .store import ImageRow
 
 EVAL_MODES = ("image", "fused", "caption")
