@@ -38,6 +38,13 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                         "(default: metadata,filename); a change re-embeds captions only")
     g.add_argument("--engine", choices=("auto", "torch", "onnx", "openvino"),
                    help="inference engine of the offline default models (default auto: openvino if installed, else onnx)")
+    g.add_argument("--image-preprocess", dest="image_preprocess", choices=("whole", "stretch", "crop"),
+                   help="EfficientNet input geometry (default whole: the whole image, aspect kept)")
+    g.add_argument("--image-scales", dest="image_scales", metavar="S1,S2", help="multi-scale GeM scales (default 1,1.4142)")
+    g.add_argument("--gem-p", dest="gem_p", type=float, metavar="P", help="GeM power (default 3)")
+    g.add_argument("--whitening", choices=("pca", "lw", "none"), help="whitening of image vectors (default pca)")
+    g.add_argument("--whitening-dim", dest="whitening_dim", type=int, metavar="N", help="whitened dimension (0 = all)")
+    g.add_argument("--whitening-shrinkage", dest="whitening_shrinkage", type=float, metavar="X", help="covariance shrinkage in [0, 1]")
 
 
 def add_library_option(p: argparse.ArgumentParser) -> None:
@@ -51,7 +58,8 @@ def add_library_option(p: argparse.ArgumentParser) -> None:
 def settings_from(args) -> Settings:
     keys = {"image": "image_encoder", "text": "text_encoder", "captioner": "captioner", "detector": "detector",
             "detector_labels": "detector_labels", "device": "device", "library": "library", "caption_sources": "caption_sources",
-            "engine": "engine", "vector_store": "vector_store", "vector_store_uri": "vector_store_uri"}
+            "engine": "engine", "vector_store": "vector_store", "vector_store_uri": "vector_store_uri",
+            **{k: k for k in ("image_preprocess", "image_scales", "gem_p", "whitening", "whitening_dim", "whitening_shrinkage")}}
     return Settings.load({k: getattr(args, a, None) for k, a in keys.items()})
 
 
@@ -259,6 +267,8 @@ def _index(args, lib, indexer) -> int:
             print(f"  ... and {len(summary.notes) - 20} more notes (use --json for all)")
         if len(summary.failures) > 50:
             print(f"  ... and {len(summary.failures) - 50} more (use --json for all)")
+        if summary.whitening:
+            print(summary.whitening)
         if summary.cancelled:
             print("cancelled: what was done is saved; run the same command again to continue")
     if summary.cancelled:
@@ -292,6 +302,30 @@ def cmd_check(args) -> int:
             print(f"index {mode}: {len(lib.index(mode))} vectors")
         lib.close()
     return EXIT_FAILURES if report.refused else EXIT_OK
+
+
+def cmd_whiten(args) -> int:
+    """Fit the library's whitening on its own image vectors (learned whitening with --gt)."""
+    lib = open_library(args, must_exist=True)
+    labels = None
+    if args.gt:
+        from .core.evaluate import image_labels
+
+        labels = image_labels(lib, args.gt)
+    with lib.writing("fitting whitening", wait=args.wait, on_wait=lambda m: print(m, file=sys.stderr, flush=True)):
+        w = lib.fit_whitening(labels)
+        lib.sync_indices(save=True)
+        lib.refresh_agreement()
+        lib.sync_indices(save=True)
+    st = w.stamp
+    print(f"whitening {w.kind}: fitted on {st['n']} image vectors of {st['model_id']}, {w.in_dim} -> {w.out_dim} dims, "
+          f"shrinkage {st['shrinkage']}; stored in {lib.whitening_path()}")
+    if lib.settings.whitening == "none":
+        print('not in use: whitening is "none" in the settings; set it to "pca" or "lw" (config file or --whitening) to use it')
+    else:
+        print("image and fused indices rebuilt with it")
+    lib.close()
+    return EXIT_OK
 
 
 def cmd_demo_gallery(args) -> int:
@@ -354,6 +388,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--full", action="store_true", help="SQLite integrity_check and compare every index vector (slower)")
     s.add_argument("--wait", action="store_true", help="if another process is writing the library, wait for it")
     s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("whiten", help="fit the whitening of image vectors on this library (PCA; learned whitening with --gt)")
+    add_library_option(s)
+    add_model_options(s)
+    s.add_argument("--gt", metavar="SPEC", help="ground-truth labels for supervised learned whitening (folders:DIR, csv:FILE, ...)")
+    s.add_argument("--wait", action="store_true", help="if another process is writing the library, wait for it")
+    s.set_defaults(func=cmd_whiten)
 
     s = sub.add_parser("sample-gallery", help="write the sample gallery (photos shipped by scikit-image) to a folder")
     s.add_argument("out", nargs="?", default="sample-gallery")

@@ -281,7 +281,8 @@ def register(sub, add_library_option, add_model_options) -> None:
     s.add_argument("--gt", required=True, metavar="SPEC", help="folders:DIR | csv:FILE | coco:FILE | deepfashion2:DIR")
     s.add_argument("--modes", default="image,fused,caption", help="comma list of image, fused, caption, learned")
     s.add_argument("--alpha", type=float, help="fusion weight (default: the library's)")
-    s.add_argument("--rerank", default="none", choices=["none", "aqe", "both"], help="evaluate with alpha-QE reranking too")
+    s.add_argument("--rerank", default="none", metavar="METHODS",
+                   help="none, aqe, superglobal, kreciprocal, both (none and aqe) or a comma list: evaluate each")
     s.add_argument("--alpha-sweep", action="store_true", help="also report fused mAP for alpha = 0, 0.1, ..., 1")
     s.add_argument("--head", metavar="FILE", help="a trained fusion head (adds the 'learned' mode)")
     s.add_argument("--plot", action="append", metavar="FILE", help="write the PR plot (.png, .svg or .pdf); repeatable")
@@ -310,7 +311,8 @@ def register(sub, add_library_option, add_model_options) -> None:
     s.add_argument("--mode", default="all", help="image, fused, caption, a comma list, or all (default)")
     s.add_argument("--k", type=int, default=10)
     s.add_argument("--alpha", type=float, help="caption fusion weight in [0, 1] (default: the library's)")
-    s.add_argument("--rerank", default="none", choices=["none", "aqe"], help="aqe: alpha-query expansion")
+    s.add_argument("--rerank", default="none", choices=["none", "aqe", "superglobal", "kreciprocal"],
+                   help="aqe: alpha-query expansion; superglobal: neighbourhood refinement of the top 50; kreciprocal: k-reciprocal re-ranking")
     s.add_argument("--captions", action="store_true", help="print each hit's caption")
     s.add_argument("--head", metavar="FILE", help="a trained fusion head (adds mode 'learned')")
     s.add_argument("--json", action="store_true", help="stable JSON output (schema retrieval-explorer/search/v1)")

@@ -247,7 +247,9 @@ def test_file_is_plain_safetensors(trained):
     header = json.loads(raw[8 : 8 + n])  # the whole header is JSON
     assert header["__metadata__"]["format"] == FORMAT
     cfg = json.loads(header["__metadata__"]["config"])
-    assert cfg["image_model_id"] == "effnet-lite0-gem3@imagenet1k" and cfg["text_dim"] == 384
+    from explorer.core.models.effnet import MODEL_ID
+
+    assert cfg["image_model_id"] == MODEL_ID and cfg["text_dim"] == 384  # the default descriptor's id
     with safe_open(str(out), framework="pt") as f:
         assert f.metadata()["format"] == FORMAT and len(list(f.keys())) > 10
 

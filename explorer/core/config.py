@@ -67,6 +67,17 @@ class Settings:
     #: and, for ``milvus``, a server address (empty: embedded Milvus Lite in the library folder).
     vector_store: str = "hnswlib"
     vector_store_uri: str = ""
+    #: EfficientNet descriptor (``explorer.core.models.effnet.Pooling``): input geometry
+    #: (whole | stretch | crop), scales of the multi-scale GeM (1 = 224 px), GeM power.
+    #: Changing any of them changes the image model id: images are re-embedded once.
+    image_preprocess: str = "whole"
+    image_scales: tuple[float, ...] = (1.0, 1.4142)
+    gem_p: float = 3.0
+    #: Learned whitening of image vectors (``explorer.core.whitening``): pca | none; output
+    #: dimension (0 = keep all); shrinkage of the covariance towards its mean eigenvalue.
+    whitening: str = "none"
+    whitening_dim: int = 0
+    whitening_shrinkage: float = 0.1
 
     def spec(self, role: str) -> str:
         return getattr(self, role)
@@ -75,6 +86,7 @@ class Settings:
         d = asdict(self)
         d["detector_labels"] = list(self.detector_labels)
         d["caption_sources"] = list(self.caption_sources)
+        d["image_scales"] = list(self.image_scales)
         return d
 
     @classmethod
@@ -102,6 +114,13 @@ class Settings:
             values["detector_labels"] = tuple(values["detector_labels"])
         if "caption_sources" in values:
             values["caption_sources"] = parse_sources(values["caption_sources"])
+        if "image_scales" in values:
+            raw = values["image_scales"]
+            try:
+                parts = raw.split(",") if isinstance(raw, str) else list(raw)
+                values["image_scales"] = tuple(float(x) for x in parts if str(x).strip())
+            except (TypeError, ValueError):
+                raise ExplorerError(f"image_scales must be numbers like 0.7071,1,1.4142, got {raw!r}") from None
         return replace(cls(), **values)
 
     def save(self) -> Path:

@@ -11,8 +11,10 @@ query matrix and a gallery matrix, so evaluation is one chunked matrix product p
   ``G = [img_i, w_i cap_i, w_i img_i]`` (shared space or not);
 - ``learned``: a trained fusion head's embeddings (when a head is given).
 
-Reranking ``aqe`` (alpha-query expansion) replaces each query vector by the similarity-weighted
-mean of itself and its top-n gallery neighbours, per representation, then re-scores.
+Reranking (``explorer.core.rerank``: ``aqe``, ``superglobal``, ``kreciprocal``) runs the very
+code that search runs, on the mode's ``Scorer`` and vectors, a block of queries at a time
+against the whole gallery (``score_matrix``), so a query's reranked scores here equal its
+reranked scores in a search.
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ import numpy as np
 from sqlalchemy import select
 
 from . import fusion
+from . import rerank as rr
 from .errors import BadGroundTruth, Cancelled, ExplorerError
 from .evaluation import (
     ModeMetrics,
     config_hash,
     evaluate_embeddings,
+    evaluate_scores,
     load_ground_truth,
     make_pr_figure,
     paired_comparison,
@@ -41,12 +45,20 @@ from .evaluation import (
 )
 from .evaluation.groundtruth import GroundTruth
 from .library import GalleryVectors, Library
-from .models.base import l2_normalise
 from .store import ImageRow
 
 EVAL_MODES = ("image", "fused", "caption")
 SWEEP_ALPHAS = tuple(round(a, 2) for a in np.linspace(0.0, 1.0, 11))
-AQE_N, AQE_POWER = 5, 3.0
+RERANK_CHUNK = 256
+
+
+def rerank_methods(rerank: str) -> list[str]:
+    """``none``, one method, ``both`` (none and aqe) or a comma list -> the methods to run."""
+    parts = ["none", "aqe"] if rerank == "both" else [p.strip() for p in str(rerank).split(",") if p.strip()]
+    bad = [p for p in parts if p not in rr.METHODS]
+    if bad or not parts:
+        raise ExplorerError(f"unknown rerank '{rerank}'; choose from {', '.join(rr.METHODS)}, both, or a comma list")
+    return list(dict.fromkeys(parts))
 
 
 @dataclass
@@ -123,6 +135,16 @@ def _match(gt: GroundTruth, lib: Library) -> tuple[dict[Path, int], list[str]]:
     return found, warnings
 
 
+def image_labels(library: Library, gt_spec: str | GroundTruth) -> dict[int, str]:
+    """Library image id -> ground-truth label (for supervised learned whitening)."""
+    gt = load_ground_truth(gt_spec) if isinstance(gt_spec, str) else gt_spec
+    found, _ = _match(gt, library)
+    out = {found[it.path]: str(it.label) for it in gt.items if it.label is not None and it.path in found}
+    if not out:
+        raise BadGroundTruth(f"the ground truth {gt.name} gives no labels (learned whitening needs one label per image)")
+    return out
+
+
 def _fused_matrices(q: GalleryVectors, g: GalleryVectors, alpha: float, w_q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     aw = (alpha * w_q)[:, None]
     Q = np.concatenate([q.image, aw * q.caption, -aw * q.image], axis=1)
@@ -130,21 +152,97 @@ def _fused_matrices(q: GalleryVectors, g: GalleryVectors, alpha: float, w_q: np.
     return Q.astype(np.float32), G.astype(np.float32)
 
 
-def _aqe(Q: np.ndarray, G: np.ndarray, exclude: np.ndarray | None, n: int = AQE_N, power: float = AQE_POWER, chunk: int = 1024) -> np.ndarray:
-    """alpha-QE on one representation: Q' = normalise(Q + sum_top-n max(s,0)^power * G_j)."""
-    out = np.empty_like(Q)
-    for s in range(0, len(Q), chunk):
-        e = min(len(Q), s + chunk)
-        S = Q[s:e] @ G.T
-        if exclude is not None:
-            rows = np.arange(e - s)
-            ex = exclude[s:e]
-            ok = ex >= 0
-            S[rows[ok], ex[ok]] = -np.inf
-        top = np.argpartition(-S, min(n, S.shape[1] - 1), axis=1)[:, :n]
-        w = np.clip(np.take_along_axis(S, top, 1), 0, None) ** power
-        out[s:e] = l2_normalise(Q[s:e] + np.einsum("qn,qnd->qd", w, G[top]))
+def mode_space(mode: str, q: GalleryVectors, g: GalleryVectors, alpha: float, learned=None):
+    """A mode as ``(scorer, query rows, gallery rows)`` for ``explorer.core.rerank``;
+    ``learned`` = (query matrix, gallery matrix) of a fusion head."""
+    if mode == "image":
+        return rr.Scorer("dot", "image"), rr.Vectors({"image": q.image}), rr.Vectors({"image": g.image})
+    if mode == "caption":
+        return rr.Scorer("dot", "caption"), rr.Vectors({"caption": q.caption}), rr.Vectors({"caption": g.caption})
+    if mode == "fused":
+        return (rr.Scorer("fused", alpha=alpha), rr.Vectors({"image": q.image, "caption": q.caption}, q.weights.astype(np.float32)),
+                rr.Vectors({"image": g.image, "caption": g.caption}, g.weights.astype(np.float32)))
+    if mode == "learned":
+        return rr.Scorer("dot", "learned"), rr.Vectors({"learned": learned[0]}), rr.Vectors({"learned": learned[1]})
+    raise AssertionError(mode)
+
+
+def score_matrix(scorer: rr.Scorer, q: rr.Vectors, g: rr.Vectors, self_idx: np.ndarray, method: str,
+                 chunk: int = RERANK_CHUNK) -> np.ndarray:
+    """Reranked scores (queries x gallery), ``RERANK_CHUNK`` queries at a time; each query's own
+    gallery position (``self_idx`` >= 0) is excluded as in a search."""
+    nq = len(next(iter(q.reps.values())))
+    ng = len(next(iter(g.reps.values())))
+    out = np.empty((nq, ng), np.float32)
+    for s in range(0, nq, chunk):
+        e = min(nq, s + chunk)
+        qb = q.rows(s, e)
+        base = scorer(qb, g)
+        ex = self_idx[s:e]
+        ok = ex >= 0
+        base[np.arange(e - s)[ok], ex[ok]] = -np.inf
+        out[s:e] = rr.rerank(method, scorer, qb, g, base)
     return out
+
+
+@dataclass
+class _Setup:
+    q_paths: list[Path]
+    g_paths: list[Path]
+    Qv: GalleryVectors
+    Gv: GalleryVectors
+    qi: np.ndarray
+    gi: np.ndarray
+    ids: np.ndarray
+    relevance: object
+    self_idx: np.ndarray
+    warnings: list[str]
+    gt: GroundTruth
+
+
+def _setup(library: Library, gt_spec: str | GroundTruth, exclude_ids=None) -> _Setup:
+    gt = load_ground_truth(gt_spec) if isinstance(gt_spec, str) else gt_spec
+    found, warnings = _match(gt, library)
+    warnings.extend(gt.warnings)
+    if exclude_ids:
+        drop = {int(i) for i in exclude_ids}
+        n_before = len(found)
+        found = {p: i for p, i in found.items() if i not in drop}
+        if n_before != len(found):
+            warnings.append(f"{n_before - len(found)} duplicate images are excluded from the evaluation")
+    q_paths = [p for p in gt.queries() if p in found]
+    g_paths = [p for p in gt.gallery() if p in found]
+    if not q_paths or len(g_paths) < 2:
+        raise BadGroundTruth(f"too few indexed ground-truth images to evaluate ({len(q_paths)} queries, {len(g_paths)} gallery)")
+    all_ids = sorted({found[p] for p in q_paths} | {found[p] for p in g_paths})
+    vecs = library.gallery_vectors(all_ids)
+    pos = {int(i): j for j, i in enumerate(vecs.ids.tolist())}
+    q_paths = [p for p in q_paths if found[p] in pos]
+    g_paths = [p for p in g_paths if found[p] in pos]
+    qi = np.array([pos[found[p]] for p in q_paths])
+    gi = np.array([pos[found[p]] for p in g_paths])
+    sub = lambda idx: GalleryVectors(vecs.ids[idx], vecs.image[idx], vecs.caption[idx], vecs.weights[idx])  # noqa: E731
+    # the query's own position in the gallery: excluded from its ranking and its reranking
+    gpos = {p: j for j, p in enumerate(g_paths)}
+    self_idx = np.array([gpos.get(p, -1) for p in q_paths])
+    return _Setup(q_paths, g_paths, sub(qi), sub(gi), qi, gi, vecs.ids, gt.relevance_source(q_paths, g_paths), self_idx, warnings, gt)
+
+
+def query_scores(library: Library, gt_spec: str | GroundTruth, mode: str, rerank: str = "none", alpha: float | None = None,
+                 learned_head=None) -> tuple[list[Path], list[Path], np.ndarray]:
+    """(query paths, gallery paths, scores) exactly as ``run_evaluation`` ranks them for one mode
+    and reranking (``-inf`` at each query's own gallery position)."""
+    alpha = library.alpha if alpha is None else float(alpha)
+    st = _setup(library, gt_spec)
+    learned = None
+    if mode == "learned":
+        from .learned import learned_vectors_for_eval
+
+        L = learned_vectors_for_eval(learned_head, library, st.ids.tolist())
+        learned = (L[st.qi], L[st.gi])
+    scorer, q, g = mode_space(mode, st.Qv, st.Gv, alpha, learned)
+    g.ids = st.Gv.ids
+    return st.q_paths, st.g_paths, score_matrix(scorer, q, g, st.self_idx, rr.check_method(rerank))
 
 
 def run_evaluation(
@@ -159,7 +257,8 @@ def run_evaluation(
     learned_head=None,
     exclude_ids=None,
 ) -> EvaluationReport:
-    """Evaluate ``modes`` on ``gt_spec``; ``rerank`` is ``none``, ``aqe`` or ``both``.
+    """Evaluate ``modes`` on ``gt_spec``; ``rerank`` is ``none``, one of ``explorer.core.rerank.METHODS``,
+    ``both`` (none and aqe) or a comma list of methods.
 
     ``exclude_ids``: library image ids left out as queries and from the gallery (e.g. the
     non-representative members of duplicate groups, ``DuplicateReport.exclusions()``).
@@ -174,74 +273,43 @@ def run_evaluation(
         raise ExplorerError(f"unknown mode(s) {unknown}; choose from {', '.join(EVAL_MODES + ('learned',))}")
     if "learned" in modes and learned_head is None:
         raise ExplorerError("mode 'learned' needs a trained fusion head (--head models/fusion-NAME.safetensors)")
-    if rerank not in ("none", "aqe", "both"):
-        raise ExplorerError(f"unknown rerank '{rerank}'; choose none, aqe or both")
+    methods = rerank_methods(rerank)
     emit("loading ground truth", 0.0)
-    gt = load_ground_truth(gt_spec) if isinstance(gt_spec, str) else gt_spec
-    found, warnings = _match(gt, library)
-    warnings.extend(gt.warnings)
-    if exclude_ids:
-        drop = {int(i) for i in exclude_ids}
-        n_before = len(found)
-        found = {p: i for p, i in found.items() if i not in drop}
-        if n_before != len(found):
-            warnings.append(f"{n_before - len(found)} duplicate images are excluded from the evaluation")
-    q_paths = [p for p in gt.queries() if p in found]
-    g_paths = [p for p in gt.gallery() if p in found]
-    if not q_paths or len(g_paths) < 2:
-        raise BadGroundTruth(f"too few indexed ground-truth images to evaluate ({len(q_paths)} queries, {len(g_paths)} gallery)")
+    st = _setup(library, gt_spec, exclude_ids)
+    gt, warnings, q_paths, g_paths, Qv, Gv, relevance = st.gt, st.warnings, st.q_paths, st.g_paths, st.Qv, st.Gv, st.relevance
     emit("loading vectors", 0.05)
-    all_ids = sorted({found[p] for p in q_paths} | {found[p] for p in g_paths})
-    vecs = library.gallery_vectors(all_ids)
-    pos = {int(i): j for j, i in enumerate(vecs.ids.tolist())}
-    q_paths = [p for p in q_paths if found[p] in pos]
-    g_paths = [p for p in g_paths if found[p] in pos]
-    qi = np.array([pos[found[p]] for p in q_paths])
-    gi = np.array([pos[found[p]] for p in g_paths])
-    sub = lambda idx: GalleryVectors(vecs.ids[idx], vecs.image[idx], vecs.caption[idx], vecs.weights[idx])  # noqa: E731
-    Qv, Gv = sub(qi), sub(gi)
-    relevance = gt.relevance_source(q_paths, g_paths)
-    # the query's own position in the gallery, for excluding it during query expansion
-    gpos = {p: j for j, p in enumerate(g_paths)}
-    self_idx = np.array([gpos.get(p, -1) for p in q_paths])
+    learned = None
+    if "learned" in modes:
+        from .learned import learned_vectors_for_eval
+
+        L = learned_vectors_for_eval(learned_head, library, st.ids.tolist())
+        learned = (L[st.qi], L[st.gi])
 
     def matrices(mode: str, a: float):
         if mode == "image":
-            return [(Qv.image, Gv.image)]
+            return Qv.image, Gv.image
         if mode == "caption":
-            return [(Qv.caption, Gv.caption)]
+            return Qv.caption, Gv.caption
         if mode == "fused":
-            return [_fused_matrices(Qv, Gv, a, Qv.weights)]
+            return _fused_matrices(Qv, Gv, a, Qv.weights)
         if mode == "learned":
-            from .learned import learned_vectors_for_eval
-
-            L = learned_vectors_for_eval(learned_head, library, vecs.ids.tolist())
-            return [(L[qi], L[gi])]
+            return learned
         raise AssertionError(mode)
 
-    def expanded(mode: str, a: float):
-        if mode == "fused":
-            qimg = _aqe(Qv.image, Gv.image, self_idx)
-            qcap = _aqe(Qv.caption, Gv.caption, self_idx)
-            exp = GalleryVectors(Qv.ids, qimg, qcap, Qv.weights)
-            return _fused_matrices(exp, Gv, a, Qv.weights)
-        Q, G = matrices(mode, a)[0]
-        return _aqe(l2_normalise(Q), G, self_idx), G
-
-    runs = []
-    for m in modes:
-        if rerank in ("none", "both"):
-            runs.append((m, False))
-        if rerank in ("aqe", "both"):
-            runs.append((m, True))
+    runs = [(m, method) for m in modes for method in methods]
     results: list[ModeMetrics] = []
-    for n, (m, aqe) in enumerate(runs):
+    for n, (m, method) in enumerate(runs):
         if cancel is not None and cancel.is_set():
             raise Cancelled("evaluation cancelled")
-        name = f"{m}+aqe" if aqe else m
+        name = m if method == "none" else f"{m}+{method}"
         emit(f"evaluating {name}", 0.1 + 0.7 * n / len(runs))
-        Q, G = expanded(m, alpha) if aqe else matrices(m, alpha)[0]
-        results.append(evaluate_embeddings(Q, G, relevance, mode=name))
+        if method == "none":
+            Q, G = matrices(m, alpha)
+            results.append(evaluate_embeddings(Q, G, relevance, mode=name))
+        else:
+            scorer, q, g = mode_space(m, Qv, Gv, alpha, learned)
+            g.ids = Gv.ids  # ties broken by image id, as in a search
+            results.append(evaluate_scores(score_matrix(scorer, q, g, st.self_idx, method), relevance, mode=name))
     sweep = None
     if alpha_sweep:
         sweep = []
@@ -260,10 +328,12 @@ def run_evaluation(
     meta = {
         "ground_truth": gt.spec or gt.name, "dataset": gt.name, "n_queries": len(q_paths), "n_gallery": len(g_paths),
         "modes": list(modes), "alpha": alpha, "rerank": rerank, "models": models,
+        "whitening": library.whitening.tag if library.whitening is not None else "none",
         "fusion": {"caption_weights": "agreement-v1", "agreement_k": fusion.AGREEMENT_K}, "elapsed_s": round(time.perf_counter() - t0, 3),
-        "warnings": warnings,
+        "warnings": warnings, "excluded_ids": sorted(int(i) for i in exclude_ids) if exclude_ids else [],
     }
-    meta["config_hash"] = config_hash({k: meta[k] for k in ("ground_truth", "alpha", "rerank", "models", "fusion", "modes")})
+    meta["config_hash"] = config_hash({k: meta[k] for k in ("ground_truth", "alpha", "rerank", "models", "whitening", "fusion", "modes",
+                                                            "excluded_ids")})
     emit("done", 1.0)
     return EvaluationReport(gt.name, f"{gt.name}: {len(q_paths)} queries, {len(g_paths)} gallery images", results,
                             comparisons, meta, [str(p) for p in q_paths], sweep, warnings,

@@ -11,6 +11,14 @@ with a reason, and ``verify_db`` runs SQLite's own ``quick_check`` / ``integrity
 ``lock.py``) writes: repairs made by a reader (search, evaluation) stay in memory, so a
 library on read-only media can be searched. ``writing`` also marks run rows left ``running``
 by a killed writer as ``interrupted``.
+
+**Whitening** (``explorer.core.whitening``): the library may hold a whitening of its image
+vectors, fitted on its own vectors (``fit_whitening``; refitted at the end of an indexing run
+when there is none or the gallery grew a lot). Stored raw vectors stay raw; every consumer of
+image vectors here — the image and fused indices, ``gallery_vectors`` (evaluation, learned
+fusion) and, through ``project_image``, queries — sees the whitened ones, so all modes and
+evaluation agree. No whitening applies in a shared image-text space (text queries search the
+image index there).
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import or_, select, update
 
-from . import fusion
+from . import fusion, whitening as wht
 from .config import Settings
 from .errors import ExplorerError, LibraryCorrupt
 from .index import NO_INDEX_FILE, SyncReport
@@ -117,6 +125,7 @@ class Library:
         with self.store.Session.begin() as s:
             for r in s.scalars(select(RunRow).where(RunRow.status == "running")):
                 r.status = "interrupted"
+        self._whitening: tuple[str, wht.Whitening | None] | None = None  # (model id, loaded whitening)
 
     # model facts come from the loaded models, so they are loaded lazily
     @property
@@ -132,6 +141,72 @@ class Library:
         im, tx = self.image_model, self.text_model
         return im.shared_space_id is not None and im.shared_space_id == tx.shared_space_id
 
+    # -- whitening ----------------------------------------------------------------------
+    def whitening_path(self) -> Path:
+        return self.dir / "whitening" / f"{slug(self.image_model.model_id)}.npz"
+
+    @property
+    def whitening(self) -> wht.Whitening | None:
+        """The whitening in force for image vectors (None: raw vectors)."""
+        if self.settings.whitening == "none" or self.shared_space:
+            return None
+        mid = self.image_model.model_id
+        if self._whitening is None or self._whitening[0] != mid:
+            path = self.whitening_path()
+            w = None
+            if path.is_file():
+                try:
+                    w = wht.Whitening.load(path)
+                except ExplorerError as e:
+                    log.warning("%s; image vectors are used unwhitened until it is refitted", e)
+                if w is not None and (w.stamp.get("model_id") != mid or w.in_dim != self.image_model.dim):
+                    w = None
+            self._whitening = (mid, w)
+        return self._whitening[1]
+
+    @property
+    def image_dim(self) -> int:
+        w = self.whitening
+        return w.out_dim if w is not None else self.image_model.dim
+
+    def project_image(self, x: np.ndarray) -> np.ndarray:
+        """Raw image vector(s) -> the vectors this library searches with (whitened when fitted)."""
+        w = self.whitening
+        return np.asarray(x, np.float32) if w is None else w.apply(x)
+
+    def whitening_due(self) -> str | None:
+        """Why the whitening should be refitted now (None: it is fine or cannot be fitted)."""
+        st = self.settings
+        if st.whitening != "pca" or self.shared_space:
+            return None
+        n = len(self.live_ids("image"))
+        return wht.needs_refit(self.whitening, n, self.image_model.model_id, "pca", st.whitening_dim, st.whitening_shrinkage)
+
+    def fit_whitening(self, labels: dict[int, str] | None = None) -> wht.Whitening:
+        """Fit (PCA, or learned whitening when ``labels`` maps image ids to labels) on this
+        library's own image vectors, store it, and drop the indices that depend on it."""
+        if self.shared_space:
+            raise ExplorerError("whitening is not used with a shared image-text space (text queries search the image index)")
+        mid = self.image_model.model_id
+        ids, mat = self.store.load_vectors("image", mid, None)
+        st = self.settings
+        stamp = {"model_id": mid, "ids": wht.ids_digest(ids)}
+        if labels is not None:
+            keep = [j for j, i in enumerate(ids.tolist()) if int(i) in labels]
+            if len(keep) < wht.MIN_FIT:
+                raise ExplorerError(f"learned whitening needs at least {wht.MIN_FIT} labelled indexed images, found {len(keep)}")
+            w = wht.fit_lw(mat[keep], [labels[int(ids[j])] for j in keep], st.whitening_shrinkage, st.whitening_dim, stamp)
+        else:
+            if len(ids) < wht.MIN_FIT:
+                raise ExplorerError(f"whitening needs at least {wht.MIN_FIT} indexed images, the library has {len(ids)}")
+            w = wht.fit_pca(mat, st.whitening_shrinkage, st.whitening_dim, stamp)
+        w.save(self.whitening_path())
+        with self._indices_lock:
+            self._whitening = (mid, w)
+            self._indices.pop("image", None)
+            self._indices.pop("fused", None)
+        return w
+
     # -- indices ------------------------------------------------------------------------
     def index(self, mode: str) -> VectorStore:
         """The ANN index of a mode: ``image``, ``caption`` or ``fused`` (backend: ``settings.vector_store``)."""
@@ -146,14 +221,16 @@ class Library:
                 return open_store(self.settings.vector_store, directory, name, dim, source, uri=self.settings.vector_store_uri)
 
             lib_id = self.store.library_id  # an index built for another library, or before the counters, is rebuilt
+            w = self.whitening
+            wsrc = {"whitening": w.tag} if w is not None else {}
             if mode == "image":
-                vi = store(self.dir / "indices", f"image--{slug(im.model_id)}", im.dim, {"image": im.model_id, "library": lib_id})
+                vi = store(self.dir / "indices", f"image--{slug(im.model_id)}", self.image_dim, {"image": im.model_id, "library": lib_id, **wsrc})
             elif mode == "caption":
                 vi = store(self.dir / "indices", f"caption--{slug(tx.model_id)}", tx.dim, {"text": tx.model_id, "library": lib_id})
             elif mode == "fused":
-                dim = im.dim if self.shared_space else im.dim + tx.dim
+                dim = im.dim if self.shared_space else self.image_dim + tx.dim
                 src = {"image": im.model_id, "text": tx.model_id, "alpha": self.alpha, "weights": "agreement-v1",
-                       "agreement_version": self.store.get_meta("agreement_version") or "0", "library": lib_id}
+                       "agreement_version": self.store.get_meta("agreement_version") or "0", "library": lib_id, **wsrc}
                 vi = store(self.dir / "indices", f"fused--{slug(im.model_id)}--{slug(tx.model_id)}", dim, src)
             else:
                 raise ExplorerError(f"unknown index mode '{mode}'")
@@ -175,6 +252,8 @@ class Library:
                     return np.zeros(0, np.int64), np.zeros((0, dim), np.float32), high, refused
                 ids = np.array([r[0] for r in rows], np.int64)
                 mat = np.frombuffer(b"".join(r[2] for r in rows), np.float32).reshape(len(rows), dim)
+                if kind == "image":
+                    mat = self.project_image(mat)
                 return ids, mat, high, refused
             return changed
 
@@ -255,6 +334,8 @@ class Library:
             else:
                 kind, model = ("image", self.image_model.model_id) if mode == "image" else ("caption", self.text_model.model_id)
                 want_ids, want = self.store.load_vectors(kind, model, chunk.tolist())
+                if mode == "image" and len(want_ids):
+                    want = self.project_image(np.asarray(want, np.float32))  # the index holds whitened vectors
             if not len(want_ids):
                 continue
             have = vi.get_vectors(want_ids)
@@ -402,7 +483,7 @@ class Library:
         ids_i, mat_i = self.store.load_vectors("image", im, image_ids)
         ids_c, mat_c = self.store.load_vectors("caption", tx, image_ids)
         common = np.intersect1d(ids_i, ids_c)
-        mat_i = mat_i[np.searchsorted(ids_i, common)] if len(common) else np.zeros((0, self.image_model.dim), np.float32)
+        mat_i = self.project_image(mat_i[np.searchsorted(ids_i, common)]) if len(common) else np.zeros((0, self.image_dim), np.float32)
         mat_c = mat_c[np.searchsorted(ids_c, common)] if len(common) else np.zeros((0, self.text_model.dim), np.float32)
         weights = np.zeros(len(common), np.float32)
         if len(common):

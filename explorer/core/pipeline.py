@@ -119,6 +119,8 @@ class IndexSummary:
     notes: list[Failure] = field(default_factory=list)
     #: symlinks skipped because they lead outside the indexed folders (see ``follow_symlinks``)
     outside_links: int = 0
+    #: set when this run (re)fitted the library's whitening: why and what
+    whitening: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -131,6 +133,7 @@ class IndexSummary:
             "failures": [f.__dict__ for f in self.failures], "repairs": self.repairs,
             "notes": [f.__dict__ for f in self.notes],
             "outside_links": self.outside_links,
+            "whitening": self.whitening,
         }
 
 
@@ -469,8 +472,13 @@ class Indexer:
             emit(Progress("saving", prog.done, prog.total, prog.failed, prog.skipped, prog.elapsed))
             try:
                 self.lib.sync_indices(save=True)
+                refit = None if summary.cancelled else self.lib.whitening_due()
+                if refit:  # whitening is fitted on the library's own vectors (explorer.core.whitening)
+                    w = self.lib.fit_whitening()
+                    summary.whitening = f"whitening refitted ({refit}): {w.kind}, {w.stamp['n']} vectors, {w.out_dim}-d"
+                    self.lib.sync_indices(save=True)
                 # neighbourhoods changed (or a kill interrupted the last refresh): caption weights follow
-                if summary.indexed or summary.removed or self.lib.agreement_stale():
+                if summary.indexed or summary.removed or refit or self.lib.agreement_stale():
                     self.lib.refresh_agreement()
                     self.lib.sync_indices(save=True)
             except BaseException:

@@ -1,5 +1,6 @@
 """Retrieval: image, text, object and composed queries in image-only, caption-fused and
-caption-only modes, with optional alpha-query-expansion reranking.
+caption-only modes, with optional reranking (``explorer.core.rerank``: alpha-QE,
+SuperGlobal-style, k-reciprocal; the same code and scores as evaluation).
 
 A query is *prepared* once (decode, detect, caption, embed: the expensive part). Ranking
 is then pure numpy over a candidate pool gathered from the ANN indices, so changing alpha
@@ -27,6 +28,7 @@ import numpy as np
 from sqlalchemy import select
 
 from . import fusion
+from . import rerank as rr
 from .errors import BadImage, BadQuery
 from .imageio import load_image
 from .library import Library
@@ -240,7 +242,7 @@ class Searcher:
             cap = ld.get("captioner").caption([image], [dets])[0]
         t["caption"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        img_vec = ld.get("image").embed_images([image])[0]
+        img_vec = self.lib.project_image(ld.get("image").embed_images([image])[0])  # whitened like the gallery
         target = None
         cap_text = cap.text
         if spec.modifier and spec.modifier.strip():
@@ -297,7 +299,7 @@ class Searcher:
         if len(id_arr):
             gi, gc = img_idx.get_vectors(id_arr), cap_idx.get_vectors(id_arr)
         else:
-            gi = np.zeros((0, self.lib.image_model.dim), np.float32)
+            gi = np.zeros((0, self.lib.image_dim), np.float32)
             gc = np.zeros((0, self.lib.text_model.dim), np.float32)
         meta = self._fetch_meta(id_arr.tolist())
         weights = np.array([meta[i]["weight"] for i in id_arr.tolist()], np.float32)
@@ -370,10 +372,10 @@ class Searcher:
             for j, i in enumerate(pool.ids.tolist()):
                 if pool.meta[i]["path"] == pq.self_path or i == pq.library_id:
                     scores[j] = -np.inf
-        if rerank == "aqe" and len(scores):
-            scores = self._alpha_qe(pq, pool, mode, scores, alpha)
-        elif rerank not in ("none", "aqe"):
-            raise BadQuery(f"unknown rerank '{rerank}'; choose none or aqe")
+        if rerank not in rr.METHODS:
+            raise BadQuery(f"unknown rerank '{rerank}'; choose from {', '.join(rr.METHODS)}")
+        if rerank != "none" and len(scores):
+            scores = self._rerank(pq, pool, mode, scores, alpha, rerank)
         order = np.lexsort((pool.ids, -scores))[: min(k, int(np.isfinite(scores).sum()))]
         hits = []
         for r, j in enumerate(order, 1):
@@ -382,34 +384,36 @@ class Searcher:
             hits.append(Hit(r, i, m["path"], float(scores[j]), m["caption"], m["source"], m["detections"], m["w"], m["h"]))
         return ModeResult(mode, hits, rerank, note)
 
-    def _alpha_qe(self, pq, pool, mode, scores, alpha, n: int = 5, power: float = 3.0) -> np.ndarray:
-        """alpha-query expansion (Radenovic et al.): average the query with its top-n neighbours
-        weighted by similarity**power, per representation, then re-score the pool."""
-        top = np.argsort(-scores)[:n]
-        w = np.clip(scores[top], 0, None) ** power
-
-        def expand(q, gallery):
-            if q is None:
-                return None
-            return l2_normalise(q + (w[:, None] * gallery[top]).sum(0))
-
-        qi = expand(pq.image_vec, pool.gi) if pool.cos_img is not None else None
-        qc = expand(pq.caption_vec, pool.gc)
-        ci = pool.gi @ qi if qi is not None else None
-        cc = pool.gc @ qc if qc is not None else pool.cos_cap
+    def mode_vectors(self, pq: PreparedQuery, pool: "CandidatePool", mode: str, alpha: float):
+        """The mode as ``(scorer, query rows, gallery rows)`` for ``explorer.core.rerank``."""
+        if mode == "learned":
+            rows = [self._learned_row.get(int(i)) for i in pool.ids.tolist()]
+            gl = np.zeros((len(rows), self.learned_vecs.shape[1]), np.float32)
+            for j, r in enumerate(rows):
+                if r is not None:
+                    gl[j] = self.learned_vecs[r]
+            return rr.Scorer("dot", "learned"), rr.Vectors({"learned": pq.learned_vec[None, :]}), rr.Vectors({"learned": gl})
+        q = {"caption": pq.caption_vec[None, :]} if pq.caption_vec is not None else {}
+        g = {"caption": pool.gc}
+        if pq.image_vec is not None:
+            q["image"], g["image"] = pq.image_vec[None, :], pool.gi
+        if mode == "caption" or pool.cos_img is None:
+            return rr.Scorer("dot", "caption"), rr.Vectors(q), rr.Vectors(g)
         if mode == "image":
-            new = ci if ci is not None else cc
-        elif mode == "caption":
-            new = cc
-        elif ci is None:
-            new = cc
-        elif pq.target_text is not None:
-            new = fusion.fused_scores(ci, cc, MODIFIER_WEIGHT, 1.0, np.ones_like(pool.weights))
-        else:
-            new = fusion.fused_scores(ci, cc, alpha, pq.caption_weight, pool.weights)
-        new = np.asarray(new, np.float32)
-        new[~np.isfinite(scores)] = -np.inf
-        return new
+            return rr.Scorer("dot", "image"), rr.Vectors(q), rr.Vectors(g)
+        if pq.target_text is not None:
+            return (rr.Scorer("fused", alpha=MODIFIER_WEIGHT), rr.Vectors(q, np.ones(1, np.float32)),
+                    rr.Vectors(g, np.ones(len(pool.ids), np.float32)))
+        return (rr.Scorer("fused", alpha=alpha), rr.Vectors(q, np.array([pq.caption_weight], np.float32)),
+                rr.Vectors(g, pool.weights.astype(np.float32)))
+
+    def _rerank(self, pq, pool, mode, scores, alpha, method) -> np.ndarray:
+        """Rerank the pool with ``explorer.core.rerank`` (the evaluation's code and first-pass scores)."""
+        scorer, q, g = self.mode_vectors(pq, pool, mode, alpha)
+        g.ids = pool.ids
+        base = scorer(q, g)
+        base[:, ~np.isfinite(scores)] = -np.inf  # the query itself, items without a learned vector
+        return rr.rerank(method, scorer, q, g, base)[0]
 
     def search(self, spec: QuerySpec, modes=MODES, k: int = DEFAULT_K, alpha: float | None = None, rerank: str = "none") -> SearchResult:
         if k <= 0:

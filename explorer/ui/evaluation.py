@@ -83,7 +83,7 @@ class EvaluationPanel(QWidget):
         modes_row.addSpacing(16)
         modes_row.addWidget(QLabel("Reranking"))
         self.rerank_combo = QComboBox()
-        self.rerank_combo.addItems(["none", "aqe", "both"])
+        self.rerank_combo.addItems(["none", "aqe", "both", "superglobal", "kreciprocal", "none,aqe,superglobal,kreciprocal"])
         modes_row.addWidget(self.rerank_combo)
         self.sweep_check = QCheckBox("α sweep")
         self.sweep_check.setToolTip("Also evaluate caption-fused retrieval at α = 0, 0.1, …, 1")

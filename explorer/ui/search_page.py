@@ -26,6 +26,7 @@ from ..core.imageio import IMAGE_EXTENSIONS, is_image_path
 from ..core.search import QuerySpec
 from .context import AppContext
 from .detail import load_display
+from ..core.rerank import METHODS as RERANK_METHODS, TITLES as RERANK_TITLES
 from .results import TITLES, ResultsPanel
 from .widgets import QueryDropZone
 
@@ -133,9 +134,10 @@ class SearchPage(QWidget):
         self.k_combo.setCurrentIndex(1)
         self.k_combo.currentIndexChanged.connect(lambda _: self.rerank())
         self.rerank_combo = QComboBox()
-        self.rerank_combo.addItem("none", "none")
-        self.rerank_combo.addItem("α-QE", "aqe")
-        self.rerank_combo.setToolTip("Re-ranking: α-query expansion averages the query with its top neighbours")
+        for method in RERANK_METHODS:
+            self.rerank_combo.addItem(RERANK_TITLES.get(method, method), method)
+        self.rerank_combo.setToolTip("Re-ranking: α-QE averages the query with its top neighbours; SuperGlobal refines the top 50 "
+                                     "by their neighbourhoods; k-reciprocal compares reciprocal-neighbour sets")
         self.rerank_combo.currentIndexChanged.connect(lambda _: self.rerank())
         self.caption_check = _check("Caption-only", self._on_caption_column, "Show a third column: caption-only retrieval (text to text)")
         self.learned_check = _check("Learned", self._on_learned_column,

@@ -146,8 +146,8 @@ def check_compatible(cfg, library, where: str = "fusion head") -> None:
 
     im, tx = library.image_model, library.text_model
     problems = []
-    if cfg.image_model_id != im.model_id or cfg.image_dim != im.dim:
-        problems.append(f"image encoder {cfg.image_model_id} ({cfg.image_dim}-d), library has {im.model_id} ({im.dim}-d)")
+    if cfg.image_model_id != im.model_id or cfg.image_dim != library.image_dim:  # image_dim: after whitening
+        problems.append(f"image encoder {cfg.image_model_id} ({cfg.image_dim}-d), library has {im.model_id} ({library.image_dim}-d)")
     if cfg.text_model_id != tx.model_id or cfg.text_dim != tx.dim:
         problems.append(f"text encoder {cfg.text_model_id} ({cfg.text_dim}-d), library has {tx.model_id} ({tx.dim}-d)")
     if cfg.use_boxes and not problems:

