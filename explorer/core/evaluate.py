@@ -198,8 +198,8 @@ def run_evaluation(
         if mode == "learned":
             from .learned import learned_vectors_for_eval
 
-            L = learned_vectors_for_eval(learned_head, library, vecs.ids.tolist())
-            return [(L[qi], L[gi])]
+            LQ, LG = learned_vectors_for_eval(learned_head, library, vecs.ids.tolist())
+            return [(LQ[qi], LG[gi])]
         raise AssertionError(mode)
 
     def expanded(mode: str, a: float):

@@ -18,7 +18,7 @@ from pathlib import Path
 from ..errors import ExplorerError
 
 FORMAT = "retrieval-explorer/learned-fusion"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: the head starts from the α-fused pair (query and gallery vectors differ)
 SUFFIX = ".safetensors"
 
 
