@@ -170,7 +170,7 @@ def test_train_fusion_report_is_open_set_and_deterministic(lib, sample_gallery, 
         assert report.best_val_map == report.val_map_untrained
         assert any("ranks exactly like the α-fused mode" in n for n in report.notes)
     else:
-        assert report.best_val_map == max(e.val_map for e in report.epochs) > report.val_map_untrained and sel["ci_low"] > 0
+        assert report.best_val_map == max(e.val_map for e in report.epochs) > report.val_map_untrained and sel["ci95"][0] > 0
     again = train_fusion(lib, f"folders:{sample_gallery}", None, epochs=3, val_split=0.2, seed=0, patience=0)
     assert [e.loss for e in again.epochs] == [e.loss for e in report.epochs]
     assert again.val_labels == report.val_labels

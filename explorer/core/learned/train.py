@@ -106,7 +106,7 @@ class TrainReport:
         if self.selection:
             c = self.selection
             out.append(f"best trained epoch vs α-fused on validation: {c['mean_diff']:+.4f} mAP, 95% CI "
-                       f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] over {c['n_pairs']} queries")
+                       f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}] over {c['n_pairs']} queries")
         out.extend(self.notes)
         if self.out_path:
             out.append(f"saved {self.out_path}")
