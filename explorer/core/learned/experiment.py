@@ -266,7 +266,7 @@ def run_kfold(
         if closed_set:
             rest = np.setdiff1d(np.arange(len(labels)), te)
             tr, va = _closed_val(rest, labels, val_split, seed + 1000 + k)
-            te_labs = tr_labs = sorted(set(lab_arr[te].tolist()))
+            te_labs = sorted(set(lab_arr[te].tolist()))
             va_labs = sorted(set(lab_arr[va].tolist()))
             tr_labs = sorted(set(lab_arr[tr].tolist()))
         else:
