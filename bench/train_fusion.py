@@ -4,9 +4,11 @@
 
 Synthetic features of the real shapes (1280-d image vector, 384-d caption vector, up to 8
 boxes of 1280-d RoI features with geometry and labels; ``--labels`` classes), so it times
-exactly what ``train_fusion`` does after the features are cached: the full loss (ArcFace +
-InfoNCE with its second, caption-masked pass + box CE), backward, AdamW, and the validation
-mAP after each epoch. Prints seconds per epoch (training, validation) and the machine's
+exactly what ``train_fusion`` does after the features are cached: the α-fused base pair of
+the training images (once), the full loss (supervised contrastive on the α-fused + gated
+residual score, ArcFace, InfoNCE with its second, caption-masked pass, box CE), backward,
+AdamW, and the validation mAP after each epoch (validation queries against validation and
+training images, with the head's 3,200-d query and gallery vectors). Prints seconds per epoch (training, validation) and the machine's
 load, since other processes on the two cores change the figure. Target: well under a
 minute per epoch for 10k images on this CPU.
 """

@@ -217,15 +217,33 @@ def cmd_train_fusion(args) -> int:
 
     report = train_fusion(
         lib, args.gt, args.out, epochs=args.epochs, val_split=args.val_split, seed=args.seed, arcface=not args.no_arcface,
-        lambda_nce=args.lambda_nce, lambda_box=args.lambda_box, use_boxes=False if args.no_boxes else "auto",
-        use_caption=not args.no_caption_token, arch=args.arch, patience=args.patience, threads=args.threads, progress=progress,
+        lambda_nce=args.lambda_nce, lambda_box=args.lambda_box, lambda_fused=args.lambda_fused,
+        use_boxes=False if args.no_boxes else "auto", use_caption=not args.no_caption_token, arch=args.arch,
+        patience=args.patience, threads=args.threads, progress=progress,
     )
     print("\n".join(report.lines()))
+    out = report.to_dict()
+    if args.folds:
+        from .core.errors import ExplorerError
+        from .core.learned.experiment import run_kfold
+
+        if args.folds < 2:
+            raise ExplorerError(f"--folds needs at least 2 (or 0 to skip the k-fold check), got {args.folds}")
+        kf = run_kfold(
+            lib, args.gt, folds=args.folds, closed_set=args.closed_set, val_split=args.val_split, seed=args.seed, epochs=args.epochs,
+            patience=args.patience, use_boxes=False if args.no_boxes else "auto", threads=args.threads, n_boot=2000,
+            head_kw={"use_caption": not args.no_caption_token, "arch": args.arch},
+            loss_kw={"arcface": not args.no_arcface, "lambda_nce": args.lambda_nce, "lambda_box": args.lambda_box,
+                     "lambda_fused": args.lambda_fused},
+            log=None if args.quiet else (lambda m: print(m, file=sys.stderr)))
+        print()
+        print("\n".join(kf.table()))
+        out["kfold"] = kf.to_dict()
     if args.json:
         import json as _json
 
         with open(args.json, "w", encoding="utf-8") as f:
-            _json.dump(report.to_dict(), f, indent=2)
+            _json.dump(out, f, indent=2)
     return 0
 
 
@@ -241,6 +259,12 @@ def register(sub, add_library_option, add_model_options) -> None:
     s.add_argument("--no-arcface", action="store_true", help="ablation: switch off the ArcFace term")
     s.add_argument("--lambda-nce", type=float, default=0.5, help="weight of the image-caption InfoNCE term (0 = off)")
     s.add_argument("--lambda-box", type=float, default=0.2, help="weight of the box-label term (0 = off)")
+    s.add_argument("--lambda-fused", type=float, default=1.0,
+                   help="weight of the supervised contrastive term on the full (α-fused + gated residual) score (0 = off)")
+    s.add_argument("--folds", type=int, default=5,
+                   help="after training, check the recipe by K-fold over labels (open-set) and print the table (0 = skip)")
+    s.add_argument("--closed-set", action="store_true",
+                   help="k-fold over images instead: same labels, new images (a labelled catalogue queried with new photos)")
     s.add_argument("--no-boxes", action="store_true", help="no box tokens")
     s.add_argument("--no-caption-token", action="store_true", help="no caption token")
     s.add_argument("--arch", choices=["attention", "mlp"], default="attention")

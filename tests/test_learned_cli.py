@@ -22,12 +22,14 @@ def test_train_search_eval_with_learned_mode(tmp_path, indexed_sample, sample_ga
     r = run("train-fusion", "--library", str(lib), "--gt", f"folders:{sample_gallery}", "--out", str(head),
             "--epochs", "2", "--threads", "1", "--quiet", "--json", str(tmp_path / "train.json"))
     assert r.returncode == 0, r.stderr
-    assert "best epoch" in r.stdout and head.is_file()
+    assert "kept epoch" in r.stdout and head.is_file()
+    # the k-fold check (5 folds over labels by default) ends the output
+    assert "5-fold open-set" in r.stdout and "| pooled |" in r.stdout.strip().splitlines()[-3]
     with safe_open(str(head), "pt") as f:  # plain safetensors with the feature config in its metadata
         meta = f.metadata()
     assert "effnet-lite0" in json.dumps(meta)
     report = json.loads((tmp_path / "train.json").read_text())
-    assert report["epochs"]
+    assert report["epochs"] and len(report["kfold"]["folds"]) == 5 and report["kfold"]["protocol"] == "open-set"
     r = run("search", "--library", str(lib), "--image", str(sample_gallery / "cat" / "chelsea.jpg"), "--head", str(head),
             "--k", "3", "--json")
     assert r.returncode == 0, r.stderr

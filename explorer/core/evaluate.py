@@ -238,8 +238,8 @@ def query_scores(library: Library, gt_spec: str | GroundTruth, mode: str, rerank
     if mode == "learned":
         from .learned import learned_vectors_for_eval
 
-        L = learned_vectors_for_eval(learned_head, library, st.ids.tolist())
-        learned = (L[st.qi], L[st.gi])
+        LQ, LG = learned_vectors_for_eval(learned_head, library, st.ids.tolist())
+        learned = (LQ[st.qi], LG[st.gi])
     scorer, q, g = mode_space(mode, st.Qv, st.Gv, alpha, learned)
     g.ids = st.Gv.ids
     return st.q_paths, st.g_paths, score_matrix(scorer, q, g, st.self_idx, rr.check_method(rerank))
@@ -282,8 +282,8 @@ def run_evaluation(
     if "learned" in modes:
         from .learned import learned_vectors_for_eval
 
-        L = learned_vectors_for_eval(learned_head, library, st.ids.tolist())
-        learned = (L[st.qi], L[st.gi])
+        LQ, LG = learned_vectors_for_eval(learned_head, library, st.ids.tolist())
+        learned = (LQ[st.qi], LG[st.gi])
 
     def matrices(mode: str, a: float):
         if mode == "image":

@@ -9,7 +9,7 @@ Public API::
     embed_gallery(head, library, image_ids=None) -> (ids, vectors)
     embed_query(head, image_vec, caption_vec, box_feats=None, caption_weight=1.0) -> vector
     query_box_features(library, pil_image, detections) -> BoxFeatures | None
-    learned_vectors_for_eval(head, library, image_ids) -> matrix
+    learned_vectors_for_eval(head, library, image_ids) -> (query matrix, gallery matrix)
     ensure_box_features(library, image_ids=None, progress=None, cancel=None) -> CacheReport
 
 Torch is imported lazily (inside functions), so importing this package stays cheap.

@@ -1,21 +1,28 @@
-"""Open-set proof of learned fusion, with an ablation of every loss term.
+"""K-fold proof of learned fusion (open-set over labels, or closed-set over images), with an ablation.
 
-    python -m explorer.core.learned.experiment --library DIR --gt folders:DIR [--splits 3] [--json out.json]
-    python -m explorer.core.learned.experiment --library DIR --make-fashion-mnist GALLERY --per-class 200
+    python -m explorer.core.learned.experiment --library DIR --gt folders:DIR [--folds 5] [--closed-set]
+                                               [--ablation] [--json out.json]
 
-The labels of the ground truth are split into *test* labels (``test_fraction`` of them) and
-train-side labels; the train side is split again by label into train and validation (early
-stopping). So every test image belongs to a class the head never saw. On the test images
-(leave-one-out: each is a query against all the others) the experiment reports mAP of
+**Open set** (default): the usable labels are shuffled (seeded) and dealt into ``folds``
+groups. Fold *f* tests on the images of group *f*; the other labels are split again, by
+label, into training and validation labels (``val_split``; early stopping and the selection
+of the kept epoch). So test labels are never seen in training or in model selection.
 
-* ``image``: the stored image vectors (image-only mode),
-* ``alpha-fused``: ``fusion.fuse_query`` / ``fusion.fuse_gallery`` at ``DEFAULT_ALPHA``,
-* ``learned``: the trained head,
+**Closed set** (``closed_set=True``): the images of every label are dealt into ``folds``
+groups (stratified); fold *f* tests on group *f*, trains on the rest minus a stratified
+``val_split`` of images per label kept for validation. Same labels, new images: a user who
+labelled part of a catalogue and queries new photos of the same products.
 
-with paired bootstrap 95% CIs and sign tests (``evaluation.paired_comparison``), and an
-ablation table where each loss term or input is switched off in turn. With ``splits`` > 1
-the label split is redrawn with seeds ``seed .. seed + splits - 1`` and per-query APs of all
-splits are pooled for the comparisons (each query is paired with itself within its split).
+In both, each test image is a query against **every** image of the set (leave-one-out; same
+label = relevant), so every image is a query exactly once over the folds and the image-only
+and α-fused figures pooled over the folds equal a plain evaluation of the whole set. Per
+fold and pooled the report gives mAP of ``image`` (stored image vectors), ``alpha-fused``
+(the exact fused mode of ``explorer.core.evaluate`` at the head's α, caption weights
+included) and ``learned`` (the head as saved: the start, α-fusion, unless validation
+justified a trained epoch), with paired bootstrap 95% CIs (``evaluation.paired_comparison``).
+
+The ablation switches one thing off per row and reports the head as selected and the best
+*trained* epoch (selection bypassed, so that every switch has an effect).
 """
 
 from __future__ import annotations
@@ -30,216 +37,290 @@ from typing import Callable
 
 import numpy as np
 
-from .. import fusion
 from ..errors import ExplorerError
-from .head import LossConfig
-from .train import (DEFAULT_EPOCHS, DEFAULT_PATIENCE, embed_features, fit, labelled_features, make_head_config,
-                    resolve_boxes, split_labels)
+from .head import LossConfig, fused_pair
+from .train import (DEFAULT_EPOCHS, DEFAULT_PATIENCE, MIN_IMAGES_PER_CLASS, embed_pair, fit, labelled_features,
+                    make_head_config, resolve_boxes, split_labels, usable_labels)
 
 #: (name, head overrides, loss overrides); "full" first.
 VARIANTS: list[tuple[str, dict, dict]] = [
     ("full", {}, {}),
+    ("no fused contrastive", {}, {"lambda_fused": 0.0}),
     ("no ArcFace", {}, {"arcface": False}),
     ("no InfoNCE", {}, {"lambda_nce": 0.0}),
     ("no box CE", {}, {"lambda_box": 0.0}),
     ("no box tokens", {"use_boxes": False}, {"lambda_box": 0.0}),
     ("no caption token", {"use_caption": False}, {}),
-    ("MLP head", {"arch": "mlp"}, {}),
-    ("no PCA skip", {"skip": False}, {}),
+    ("no token dropout", {"token_dropout": 0.0}, {}),
+    ("start image-only", {"base": "image"}, {}),
+    ("no start (residual only)", {"base": "none"}, {}),
 ]
+MODES = ("image", "alpha-fused", "learned")
 
 
 @dataclass
-class SplitResult:
-    seed: int
+class FoldResult:
+    fold: int
+    test_labels: list[str]
     train_labels: list[str]
     val_labels: list[str]
-    test_labels: list[str]
     n_train: int
     n_val: int
     n_test: int
-    ap: dict[str, np.ndarray]  # mode or variant name -> per-query AP on the test images
-    val_map: dict[str, float | None]
-    best_epoch: dict[str, int]
-    seconds: dict[str, float]
+    #: mode or variant key -> per-query AP of this fold's test images
+    ap: dict[str, np.ndarray]
+    kept_epoch: dict[str, int] = field(default_factory=dict)
+    trained_epoch: dict[str, int] = field(default_factory=dict)
+    val_map: dict[str, dict] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
-class ExperimentReport:
-    splits: list[SplitResult]
+class KFoldReport:
+    folds: list[FoldResult]
+    closed_set: bool
     variants: list[str]
     n_boot: int
+    n_images: int
+    n_labels: int
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def protocol(self) -> str:
+        return "closed-set (same labels, new images)" if self.closed_set else "open-set (test labels never seen in training or selection)"
+
     def pooled(self, name: str) -> np.ndarray:
-        return np.concatenate([s.ap[name] for s in self.splits])
+        return np.concatenate([f.ap[name] for f in self.folds])
 
-    def map(self, name: str) -> float:
-        return float(np.nanmean(self.pooled(name)))
+    def map(self, name: str, fold: FoldResult | None = None) -> float:
+        a = self.pooled(name) if fold is None else fold.ap[name]
+        return float(np.nanmean(a))
 
-    def compare(self, a: str, b: str):
+    def compare(self, a: str, b: str, fold: FoldResult | None = None):
+        """Paired comparison of ``b`` against ``a`` (b - a), pooled or within one fold."""
         from ..evaluation import paired_comparison
 
-        return paired_comparison(self.pooled(a), self.pooled(b), n_boot=self.n_boot, seed=0, name_a=a, name_b=b)
+        x = self.pooled(a) if fold is None else fold.ap[a]
+        y = self.pooled(b) if fold is None else fold.ap[b]
+        return paired_comparison(x, y, n_boot=self.n_boot, seed=0, name_a=a, name_b=b)
 
     @staticmethod
     def _delta(c) -> str:
         return f"{c.mean_diff:+.4f} [{c.ci_low:+.4f}, {c.ci_high:+.4f}]"
 
+    def table(self) -> list[str]:
+        """The k-fold result table (markdown): one row per fold and the pooled row."""
+        out = [f"{len(self.folds)}-fold {self.protocol}: {self.n_images} images, {self.n_labels} labels; "
+               "each test image is a query against all images (leave-one-out)", "",
+               "| fold | test labels | queries | image | α-fused | learned (kept epoch) | learned − α-fused [95% CI] | learned − image [95% CI] |",
+               "|---|---|---|---|---|---|---|---|"]
+        for f in self.folds:
+            labs = ", ".join(f.test_labels) if len(f.test_labels) <= 3 else f"{len(f.test_labels)} labels"
+            out.append(f"| {f.fold} | {labs} | {f.n_test} | {self.map('image', f):.4f} | {self.map('alpha-fused', f):.4f} | "
+                       f"{self.map('learned', f):.4f} ({f.kept_epoch.get('learned', 0)}) | "
+                       f"{self._delta(self.compare('alpha-fused', 'learned', f))} | {self._delta(self.compare('image', 'learned', f))} |")
+        n = sum(f.n_test for f in self.folds)
+        out.append(f"| pooled | all | {n} | {self.map('image'):.4f} | {self.map('alpha-fused'):.4f} | {self.map('learned'):.4f} | "
+                   f"{self._delta(self.compare('alpha-fused', 'learned'))} | {self._delta(self.compare('image', 'learned'))} |")
+        c = self.compare("image", "alpha-fused")
+        out.append("")
+        out.append(f"α-fused − image pooled: {self._delta(c)}")
+        return out
+
+    def ablation_table(self) -> list[str]:
+        if len(self.variants) <= 1:
+            return []
+        out = ["| variant | learned as selected | − α-fused [95% CI] | best trained epoch | − α-fused [95% CI] | − full trained [95% CI] |",
+               "|---|---|---|---|---|---|"]
+        for v in self.variants:
+            sel, tr = f"{v} (selected)", f"{v} (trained)"
+            full_tr = "—" if v == "full" else self._delta(self.compare("full (trained)", tr))
+            out.append(f"| {v} | {self.map(sel):.4f} | {self._delta(self.compare('alpha-fused', sel))} | {self.map(tr):.4f} | "
+                       f"{self._delta(self.compare('alpha-fused', tr))} | {full_tr} |")
+        return out
+
     def markdown(self) -> str:
-        out = []
-        n_q = sum(s.n_test for s in self.splits)
-        out.append(f"Open-set test: {len(self.splits)} label split(s), {n_q} test queries in all "
-                   f"(leave-one-out among the test images; test labels never seen in training).")
-        out.append("")
-        for s in self.splits:
-            out.append(f"- split seed {s.seed}: train {s.n_train} images / {len(s.train_labels)} labels ({', '.join(s.train_labels)}); "
-                       f"val {s.n_val} / {len(s.val_labels)} ({', '.join(s.val_labels)}); "
-                       f"test {s.n_test} / {len(s.test_labels)} ({', '.join(s.test_labels)})")
-        out.append("")
-        out.append("| mode | test mAP | Δ vs image-only [95% CI] | sign test p (W/L) | Δ vs α-fused [95% CI] | sign test p (W/L) |")
-        out.append("|---|---|---|---|---|---|")
-        for name in ("image", "alpha-fused", "learned", "full (trained)"):
-            if name not in self.splits[0].ap:
-                continue
-            cells = [name, f"{self.map(name):.4f}"]
-            for base in ("image", "alpha-fused"):
-                if name == base or (name, base) == ("image", "alpha-fused"):
-                    cells += ["—", "—"]
-                else:
-                    c = self.compare(base, name)
-                    cells += [self._delta(c), f"{c.p_value:.2g} ({c.wins}/{c.losses})"]
-            out.append("| " + " | ".join(cells) + " |")
-        if len(self.variants) > 1:
-            out.append("")
-            out.append("Ablation (trained epochs only: early stopping picks the best epoch >= 1 on validation; "
-                       "each row switches one thing off; same splits, seeds and epochs):")
-            out.append("")
-            out.append("| variant | val mAP | best epoch | test mAP | Δ vs image-only [95% CI] | Δ vs full [95% CI] | p vs full |")
-            out.append("|---|---|---|---|---|---|---|")
-            for v in self.variants:
-                key = "full (trained)" if v == "full" else v
-                vals = [s.val_map.get(key) for s in self.splits]
-                vm = "/".join("n/a" if x is None else f"{x:.3f}" for x in vals)
-                be = "/".join(str(s.best_epoch.get(key, "")) for s in self.splits)
-                ci = self.compare("image", key)
-                if key == "full (trained)":
-                    full, p = "—", "—"
-                else:
-                    cf = self.compare("full (trained)", key)
-                    full, p = self._delta(cf), f"{cf.p_value:.2g}"
-                out.append(f"| {v} | {vm} | {be} | {self.map(key):.4f} | {self._delta(ci)} | {full} | {p} |")
+        out = self.table()
+        ab = self.ablation_table()
+        if ab:
+            out += ["", "Ablation (same folds and seeds; 'selected' = the head as saved, 'trained' = the best trained "
+                    "epoch on validation, selection bypassed):", ""] + ab
         if self.notes:
             out.append("")
             out.extend(f"- {n}" for n in self.notes)
         return "\n".join(out)
 
     def to_dict(self) -> dict:
-        names = ["image", "alpha-fused", "learned", "full (trained)"] + [v for v in self.variants if v != "full"]
+        names = list(self.folds[0].ap)
+        cmp = {}
+        for name in names:
+            for base in ("image", "alpha-fused"):
+                if name != base:
+                    cmp[f"{base}_vs_{name}"] = self.compare(base, name).to_dict()
         return {
-            "maps": {n: self.map(n) for n in names},
-            "comparisons": {f"{a}_vs_{b}": self.compare(a, b).to_dict() for a, b in
-                            [("image", "learned"), ("alpha-fused", "learned"), ("image", "alpha-fused")]
-                            + [("full (trained)", v) for v in names[4:]]},
-            "splits": [{"seed": s.seed, "train_labels": s.train_labels, "val_labels": s.val_labels, "test_labels": s.test_labels,
-                        "n_train": s.n_train, "n_val": s.n_val, "n_test": s.n_test, "val_map": s.val_map,
-                        "best_epoch": s.best_epoch, "seconds": s.seconds} for s in self.splits],
+            "protocol": "closed-set" if self.closed_set else "open-set", "n_images": self.n_images, "n_labels": self.n_labels,
+            "maps": {n: self.map(n) for n in names}, "comparisons": cmp,
+            "folds": [{"fold": f.fold, "test_labels": f.test_labels, "train_labels": f.train_labels, "val_labels": f.val_labels,
+                       "n_train": f.n_train, "n_val": f.n_val, "n_test": f.n_test, "maps": {n: float(np.nanmean(a)) for n, a in f.ap.items()},
+                       "learned_vs_alpha": self.compare("alpha-fused", "learned", f).to_dict(),
+                       "kept_epoch": f.kept_epoch, "trained_epoch": f.trained_epoch, "val_map": f.val_map, "seconds": f.seconds}
+                      for f in self.folds],
             "notes": self.notes,
         }
 
 
-def _loo_ap(q: np.ndarray, g: np.ndarray, labels: list[str]) -> np.ndarray:
+def _ap(q: np.ndarray, g: np.ndarray, q_rows: np.ndarray, labels: list[str]) -> np.ndarray:
+    """Per-query AP of ``q[q_rows]`` against all of ``g`` (same images as ``q``), itself left out."""
     from ..evaluation import LabelRelevance, evaluate_embeddings
 
-    return evaluate_embeddings(q, g, LabelRelevance.leave_one_out(labels), ks=(1,)).ap
+    rel = LabelRelevance([labels[i] for i in q_rows.tolist()], labels, q_rows, np.arange(len(labels)))
+    return evaluate_embeddings(q[q_rows], g, rel, ks=(1,)).ap
 
 
-def run_experiment(
+def fold_rows(labels: list[str], folds: int, seed: int, closed_set: bool) -> list[np.ndarray]:
+    """Row indices of each fold's test images (over the images of usable labels)."""
+    usable = usable_labels(labels)
+    lab = np.asarray(labels, object)
+    rng = np.random.default_rng(seed)
+    if not closed_set:
+        if len(usable) < folds:
+            raise ExplorerError(f"{folds}-fold over labels needs at least {folds} labels with {MIN_IMAGES_PER_CLASS}+ images, found {len(usable)}")
+        perm = [usable[i] for i in rng.permutation(len(usable))]
+        return [np.flatnonzero(np.isin(lab, list(g))) for g in np.array_split(np.asarray(perm, object), folds)]
+    out: list[list[int]] = [[] for _ in range(folds)]
+    start = 0
+    for name in usable:
+        rows = np.flatnonzero(lab == name)
+        rows = rows[rng.permutation(len(rows))]
+        for j, r in enumerate(rows.tolist()):
+            out[(start + j) % folds].append(r)
+        start += len(rows)  # continue dealing where the last label stopped, so fold sizes stay even
+    return [np.asarray(sorted(o), np.int64) for o in out]
+
+
+def _closed_val(rows: np.ndarray, labels: list[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified split of ``rows`` into (train, val) with about ``fraction`` of each label's images in val."""
+    rng = np.random.default_rng(seed)
+    lab = np.asarray(labels, object)[rows]
+    tr, va = [], []
+    for name in sorted(set(lab.tolist())):
+        r = rows[lab == name]
+        r = r[rng.permutation(len(r))]
+        k = int(round(fraction * len(r))) if len(r) >= 3 else 0
+        va.extend(r[:k].tolist())
+        tr.extend(r[k:].tolist())
+    return np.asarray(sorted(tr), np.int64), np.asarray(sorted(va), np.int64)
+
+
+def run_kfold(
     library,
     gt,
-    test_fraction: float = 0.4,
+    folds: int = 5,
+    closed_set: bool = False,
     val_split: float = 0.2,
     seed: int = 0,
-    splits: int = 1,
     epochs: int = DEFAULT_EPOCHS,
     patience: int = DEFAULT_PATIENCE,
-    ablation: bool = True,
+    ablation: bool = False,
     variants: list[str] | None = None,
     n_boot: int = 10000,
     log: Callable[[str], None] | None = None,
+    use_boxes="auto",
+    head_kw: dict | None = None,
+    loss_kw: dict | None = None,
+    features=None,
     **fit_kw,
-) -> ExperimentReport:
+) -> KFoldReport:
+    """Run the k-fold protocol (module docstring) and return its report.
+
+    ``head_kw`` / ``loss_kw`` override the head and loss configuration of every run (e.g. the
+    CLI's switches); ``features``: a ready ``(FeatureSet, labels, notes)`` to skip loading.
+    """
     say = log or (lambda s: None)
-    boxes_on, note = resolve_boxes(library, "auto")
-    fs, labels, notes = labelled_features(library, gt, boxes_on)
+    if folds < 2:
+        raise ExplorerError(f"k-fold needs at least 2 folds, got {folds}")
+    boxes_on, note = resolve_boxes(library, use_boxes)
+    fs, labels, notes = features if features is not None else labelled_features(library, gt, boxes_on)
+    notes = list(notes)
     if note:
         notes.insert(0, note)
-    chosen = [v for v in VARIANTS if (ablation or v[0] == "full") and (variants is None or v[0] in variants or v[0] == "full")]
+    chosen = [v for v in VARIANTS if v[0] == "full" or (ablation and (variants is None or v[0] in variants))]
     if not boxes_on:
         chosen = [v for v in chosen if v[0] not in ("no box CE", "no box tokens")]
+    base_head = {"use_boxes": boxes_on, "use_caption": True, "arch": "attention"}
+    base_head.update(head_kw or {})
+    probe = make_head_config(library, **{k: base_head[k] for k in ("use_boxes", "use_caption", "arch")},
+                             **{k: v for k, v in base_head.items() if k not in ("use_boxes", "use_caption", "arch")})
+    usable = usable_labels(labels)
+    keep = np.flatnonzero(np.isin(np.asarray(labels, object), usable))
+    if len(keep) < len(labels):
+        notes.append(f"{len(labels) - len(keep)} images of labels with fewer than {MIN_IMAGES_PER_CLASS} images are left out")
+        fs = fs.subset(keep)
+        labels = [labels[i] for i in keep.tolist()]
+    # image-only and the exact α-fused pair, once for the whole set (the gallery of every fold)
+    fq, fg = fused_pair(fs.image, fs.caption, fs.weight, probe.alpha)
+    tests = fold_rows(labels, folds, seed, closed_set)
     lab_arr = np.asarray(labels, object)
-    shared = library.shared_space
-    results = []
-    for k in range(splits):
-        sd = seed + k
-        side, test_labs = split_labels(labels, test_fraction, sd, what="test")
-        side_rows = np.flatnonzero(np.isin(lab_arr, side))
-        tr_labs, va_labs = split_labels([labels[i] for i in side_rows], val_split, sd + 1000)
-        tr = np.flatnonzero(np.isin(lab_arr, tr_labs))
-        va = np.flatnonzero(np.isin(lab_arr, va_labs))
-        te = np.flatnonzero(np.isin(lab_arr, test_labs))
-        test = fs.subset(te)
-        te_l = [labels[i] for i in te]
-        ap = {"image": _loo_ap(test.image, test.image, te_l)}
-        g = fusion.fuse_gallery(test.image, test.caption, fusion.DEFAULT_ALPHA, test.weight, shared)
-        q = np.stack([fusion.fuse_query(test.image[i], test.caption[i], fusion.DEFAULT_ALPHA, shared) for i in range(len(test))])
-        ap["alpha-fused"] = _loo_ap(q, g, te_l)
-        res = SplitResult(sd, tr_labs, va_labs, test_labs, len(tr), len(va), len(te), ap, {}, {}, {})
-        say(f"split {sd}: train {len(tr)} / val {len(va)} / test {len(te)} images; "
-            f"image mAP {np.nanmean(ap['image']):.4f}, alpha-fused {np.nanmean(ap['alpha-fused']):.4f}")
-        runs = [("learned", {}, {}, True)] + [("full (trained)" if n == "full" else n, h, lo, False) for n, h, lo in chosen]
-        for key, head_over, loss_over, keep_initial in runs:
-            name = key
+    results: list[FoldResult] = []
+    for k, te in enumerate(tests):
+        if closed_set:
+            rest = np.setdiff1d(np.arange(len(labels)), te)
+            tr, va = _closed_val(rest, labels, val_split, seed + 1000 + k)
+            te_labs = sorted(set(lab_arr[te].tolist()))
+            va_labs = sorted(set(lab_arr[va].tolist()))
+            tr_labs = sorted(set(lab_arr[tr].tolist()))
+        else:
+            te_labs = sorted(set(lab_arr[te].tolist()))
+            side = [lab for lab in usable if lab not in te_labs]
+            tr_labs, va_labs = split_labels([labels[i] for i in np.flatnonzero(np.isin(lab_arr, side))], val_split, seed + 1000 + k)
+            tr = np.flatnonzero(np.isin(lab_arr, tr_labs))
+            va = np.flatnonzero(np.isin(lab_arr, va_labs))
+        ap = {"image": _ap(fs.image, fs.image, te, labels), "alpha-fused": _ap(fq, fg, te, labels)}
+        res = FoldResult(k + 1, te_labs, tr_labs, va_labs, len(tr), len(va), len(te), ap)
+        say(f"fold {k + 1}/{folds}: train {len(tr)} / val {len(va)} / test {len(te)} images; "
+            f"image {np.nanmean(ap['image']):.4f}, α-fused {np.nanmean(ap['alpha-fused']):.4f}")
+        train_fs, val_fs = fs.subset(tr), fs.subset(va) if len(va) else None
+        tr_l, va_l = [labels[i] for i in tr.tolist()], [labels[i] for i in va.tolist()]
+        for name, head_over, loss_over in chosen:
             t0 = time.perf_counter()
-            hk = {"use_boxes": boxes_on, "use_caption": True, "arch": "attention"}
+            hk = dict(base_head)
             hk.update(head_over)
             cfg = make_head_config(library, hk.pop("use_boxes"), hk.pop("use_caption"), hk.pop("arch"), **hk)
-            loss = LossConfig(**loss_over)
-            r = fit(fs.subset(tr), [labels[i] for i in tr], fs.subset(va), [labels[i] for i in va], cfg, loss,
-                    epochs=epochs, patience=patience, seed=sd, keep_initial=keep_initial, **fit_kw)
-            ap[key] = _loo_ap(*(2 * [embed_features(r.head, test)]), te_l)
-            res.val_map[key], res.best_epoch[key] = r.best_val_map, r.best_epoch
-            res.seconds[key] = time.perf_counter() - t0
-            say(f"  {name:18s} val mAP {r.best_val_map or float('nan'):.4f} (epoch {r.best_epoch}/{len(r.history)})  "
-                f"test mAP {np.nanmean(ap[key]):.4f}  ({res.seconds[key]:.1f} s)")
+            lk = dict(loss_kw or {})
+            lk.update(loss_over)
+            r = fit(train_fs, tr_l, val_fs, va_l or None, cfg, LossConfig(**lk), epochs=epochs, patience=patience, seed=seed + k,
+                    closed_set=closed_set, **fit_kw)
+            key = "learned" if name == "full" else f"{name} (selected)"
+            q, g = embed_pair(r.head, fs)
+            ap[key] = _ap(q, g, te, labels)
+            if name == "full":
+                ap["full (selected)"] = ap[key]
+            res.kept_epoch[name if name != "full" else "learned"] = r.best_epoch
+            res.trained_epoch[name] = r.trained_epoch
+            res.val_map[name] = {"start": r.val_map_untrained, "kept": r.best_val_map, "trained": r.trained_val_map}
+            if ablation:
+                tq, tg = embed_pair(r.trained_head(), fs)
+                ap[f"{name} (trained)"] = _ap(tq, tg, te, labels)
+            res.seconds[name] = time.perf_counter() - t0
+            say(f"  {name:24s} val start {r.val_map_untrained or float('nan'):.4f} trained {r.trained_val_map or float('nan'):.4f} "
+                f"(epoch {r.trained_epoch}) kept {r.best_epoch}; test {np.nanmean(ap[key]):.4f} ({res.seconds[name]:.1f} s)")
         results.append(res)
-    return ExperimentReport(results, [v[0] for v in chosen], n_boot, notes)
-
-
-def _index_fashion_mnist(library, gallery_dir: str, per_class: int, log) -> str:
-    from ..pipeline import Indexer
-    from .fmnist import write_fashion_mnist
-
-    gal = write_fashion_mnist(gallery_dir, per_class)
-    log(f"wrote Fashion-MNIST gallery {gal} ({per_class} per class); indexing...")
-    summary = Indexer(library).run([gal])
-    log(f"indexed {summary.indexed}, unchanged {summary.unchanged}, failed {len(summary.failures)} in {summary.elapsed:.0f} s")
-    return f"folders:{gal}"
+    return KFoldReport(results, closed_set, [v[0] for v in chosen], n_boot, len(labels), len(usable), notes)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m explorer.core.learned.experiment", description=__doc__.splitlines()[0])
     ap.add_argument("--library", required=True)
-    ap.add_argument("--gt", help="ground truth spec, e.g. folders:DIR")
-    ap.add_argument("--make-fashion-mnist", metavar="GALLERY", help="write Fashion-MNIST PNGs to GALLERY, index them, use as --gt")
-    ap.add_argument("--per-class", type=int, default=200)
-    ap.add_argument("--test-fraction", type=float, default=0.4)
+    ap.add_argument("--gt", required=True, help="ground truth spec, e.g. folders:DIR")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--closed-set", action="store_true")
     ap.add_argument("--val-split", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--splits", type=int, default=1)
     ap.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     ap.add_argument("--patience", type=int, default=DEFAULT_PATIENCE)
-    ap.add_argument("--no-ablation", action="store_true")
+    ap.add_argument("--ablation", action="store_true")
+    ap.add_argument("--variants", help="comma-separated ablation rows (default: all)")
+    ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", help="also write the figures as JSON here")
     args = ap.parse_args(argv)
 
@@ -251,14 +332,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         lib = Library(args.library, Settings.load({"library": args.library}))
-        gt = args.gt
-        if args.make_fashion_mnist:
-            gt = _index_fashion_mnist(lib, args.make_fashion_mnist, args.per_class, log)
-        if not gt:
-            raise ExplorerError("give --gt SPEC (or --make-fashion-mnist GALLERY)")
         t0 = time.perf_counter()
-        rep = run_experiment(lib, gt, args.test_fraction, args.val_split, args.seed, args.splits, args.epochs, args.patience,
-                             ablation=not args.no_ablation, log=log)
+        rep = run_kfold(lib, args.gt, args.folds, args.closed_set, args.val_split, args.seed, args.epochs, args.patience,
+                        ablation=args.ablation, variants=args.variants.split(",") if args.variants else None, log=log,
+                        threads=args.threads)
         print(rep.markdown())
         log(f"experiment took {time.perf_counter() - t0:.0f} s")
         if args.json:

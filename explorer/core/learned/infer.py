@@ -1,7 +1,10 @@
 """Inference with a trained fusion head: gallery vectors, query vectors, evaluation matrices.
 
-The head is symmetric: a query image is embedded exactly as a gallery image (global vector,
-caption vector and weight, box features), so scores are dot products of unit vectors.
+A query image is embedded from the same inputs as a gallery image (global vector, caption
+vector and weight, box features), into the *query* side of the head's pair (``head`` module
+docstring): its base part is the α-fused query vector with the query's own caption weight, and
+its residual is scaled by the gate. Scores are dot products ``query . gallery``; with the gate
+at zero they equal the α-fused mode's scores exactly.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from PIL import Image
 from ..errors import ExplorerError
 from ..models.base import Detection
 from .features import BoxEncoder, BoxFeatures, load_features
-from .train import embed_features
+from .train import embed_features, embed_pair
 
 
 def embed_gallery(head, library, image_ids: Sequence[int] | None = None, compute_missing: bool = True,
@@ -34,16 +37,22 @@ def embed_gallery(head, library, image_ids: Sequence[int] | None = None, compute
     return fs.ids, embed_features(head, fs)
 
 
-def learned_vectors_for_eval(head, library, image_ids: Sequence[int]) -> np.ndarray:
-    """``(len(image_ids), D)`` head vectors in the order of ``image_ids`` (for ``evaluate_embeddings``)."""
+def learned_vectors_for_eval(head, library, image_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """``(query vectors, gallery vectors)``, each ``(len(image_ids), D)`` in the order of ``image_ids``
+    (for ``evaluate_embeddings``: each image as a query with its own caption weight)."""
+    from .io import check_compatible
+
+    check_compatible(head.cfg, library)
     want = np.asarray([int(i) for i in image_ids], np.int64)
-    ids, vecs = embed_gallery(head, library, want.tolist())
-    pos = {int(i): j for j, i in enumerate(ids.tolist())}
+    fs, _ = load_features(library, want.tolist(), use_boxes=head.cfg.use_boxes, max_boxes=head.cfg.max_boxes)
+    pos = {int(i): j for j, i in enumerate(fs.ids.tolist())}
     lacking = [int(i) for i in want.tolist() if int(i) not in pos]
     if lacking:
         raise ExplorerError(f"{len(lacking)} images have no image or caption vector for the library's models "
                             f"(e.g. image id {lacking[0]}): re-index the library")
-    return vecs[[pos[int(i)] for i in want.tolist()]]
+    q, g = embed_pair(head, fs)
+    rows = [pos[int(i)] for i in want.tolist()]
+    return q[rows], g[rows]
 
 
 def query_box_features(library, image: Image.Image, detections: Sequence[Detection], max_boxes: int | None = None) -> BoxFeatures | None:
@@ -57,7 +66,8 @@ def query_box_features(library, image: Image.Image, detections: Sequence[Detecti
 
 
 def embed_query(head, image_vec, caption_vec, box_feats: BoxFeatures | None = None, caption_weight: float = 1.0) -> np.ndarray:
-    """One query vector ``(D,)``. ``caption_vec=None`` (no caption) masks the caption token."""
+    """One query vector ``(D,)`` (the query side of the pair). ``caption_vec=None`` (no caption)
+    masks the caption token and gives the base no caption term (weight 0)."""
     import torch
 
     cfg = head.cfg
@@ -81,7 +91,8 @@ def embed_query(head, image_vec, caption_vec, box_feats: BoxFeatures | None = No
     with torch.inference_mode():
         t = [torch.from_numpy(x) for x in (img, cap, np.array([w], np.float32), boxes, mask, geom)]
         if caption_vec is None:
-            v = head.encode(head.tokens(*t), caption_on=False)[0]
+            r = head.encode(head.tokens(*t), caption_on=False)[0]
         else:
-            v = head(*t)
-    return v[0].numpy().astype(np.float32)
+            r = head(*t)
+    bq, bg = head.base_pair(img, cap, np.array([w], np.float32))
+    return head.compose(bq, bg, r.numpy())[0][0].astype(np.float32)

@@ -26,7 +26,7 @@ MAX_HEADS = 256
 MAX_BOXES_BOUND = 256
 
 FORMAT = "retrieval-explorer/learned-fusion"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: the head starts from the α-fused pair (query and gallery vectors differ)
 SUFFIX = ".safetensors"
 
 

@@ -4,8 +4,11 @@
 sure the box features are cached (the only step that runs a backbone, and only for images
 that lack them), splits the **labels** (not the images) into train and validation so that
 validation measures retrieval of classes never seen in training (open set), and trains with
-fixed seeds, early stopping on validation mAP (leave-one-out among the validation images, by
-``explorer.core.evaluation.evaluate_embeddings``). The best epoch's head is saved.
+fixed seeds, early stopping on validation mAP (validation queries against the validation and
+training images, by ``explorer.core.evaluation.evaluate_embeddings``). The head starts as the
+library's α-fused mode (``head`` module docstring); the best trained epoch replaces that start
+only when its validation gain has a paired bootstrap CI above zero, so the saved head is never
+worse than α-fusion on the validation labels.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ DEFAULT_EPOCHS = 30
 DEFAULT_PATIENCE = 6
 DEFAULT_BATCH = 128
 DEFAULT_LR = 1e-3
-DEFAULT_WEIGHT_DECAY = 1e-4
+DEFAULT_WEIGHT_DECAY = 0.05
 MIN_IMAGES_PER_CLASS = 2
 MIN_CLASSES = 2
 
@@ -78,6 +81,8 @@ class TrainReport:
     stopped_early: bool
     seconds: float
     notes: list[str] = field(default_factory=list)
+    #: the best trained epoch against the start on validation (paired comparison as a dict)
+    selection: dict | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -86,7 +91,7 @@ class TrainReport:
             "n_train_images": self.n_train_images, "n_val_images": self.n_val_images,
             "train_labels": self.train_labels, "val_labels": self.val_labels, "head_config": self.head_config,
             "loss_config": self.loss_config, "stopped_early": self.stopped_early, "seconds": round(self.seconds, 2),
-            "notes": self.notes, "epochs": [e.to_dict() for e in self.epochs],
+            "notes": self.notes, "selection": self.selection, "epochs": [e.to_dict() for e in self.epochs],
         }
 
     def lines(self) -> list[str]:
@@ -96,8 +101,12 @@ class TrainReport:
             v = "n/a" if e.val_map is None else f"{e.val_map:.4f}"
             out.append(f"epoch {e.epoch:3d}  loss {e.loss:.4f}  val mAP {v}  ({e.seconds:.1f} s)")
         if self.best_val_map is not None:
-            out.append(f"best epoch {self.best_epoch} (0 = the initial head): val mAP {self.best_val_map:.4f} "
-                       f"(image-only {self.val_map_image_only:.4f}, untrained head {self.val_map_untrained:.4f})")
+            out.append(f"kept epoch {self.best_epoch} (0 = the start: exactly the α-fused mode): val mAP {self.best_val_map:.4f} "
+                       f"(image-only {self.val_map_image_only:.4f}, α-fused {self.val_map_untrained:.4f})")
+        if self.selection:
+            c = self.selection
+            out.append(f"best trained epoch vs α-fused on validation: {c['mean_diff']:+.4f} mAP, 95% CI "
+                       f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}] over {c['n_pairs']} queries")
         out.extend(self.notes)
         if self.out_path:
             out.append(f"saved {self.out_path}")
@@ -216,14 +225,17 @@ def _tensors(fs: FeatureSet, labels: Sequence[str] | None, label_index: dict[str
     return t
 
 
-def embed_features(head, fs: FeatureSet, batch: int = 1024) -> np.ndarray:
-    """Head embeddings ``(N, out_dim)`` float32 of a feature set (eval mode, no gradients)."""
+def residuals(head, fs: FeatureSet, batch: int = 1024, caption_weight=None) -> np.ndarray:
+    """The head's residual embeddings ``r`` ``(N, out_dim)`` (eval mode, no gradients).
+    ``caption_weight`` replaces the stored weights (a query's own weight)."""
     import torch
 
     was_training = head.training
     head.eval()
     out = np.zeros((len(fs), head.cfg.out_dim), np.float32)
     t = _tensors(fs, None, None, None)
+    if caption_weight is not None:
+        t["weight"] = torch.from_numpy(np.asarray(caption_weight, np.float32).reshape(-1))
     with torch.inference_mode():
         for s in range(0, len(fs), batch):
             sl = slice(s, s + batch)
@@ -232,34 +244,80 @@ def embed_features(head, fs: FeatureSet, batch: int = 1024) -> np.ndarray:
     return out
 
 
+def embed_pair(head, fs: FeatureSet, batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """``(query vectors, gallery vectors)`` of a feature set: ``Q[i] . G[j]`` is the learned
+    score of image ``i`` as a query against image ``j`` (each image a query with its own caption weight)."""
+    bq, bg = head.base_pair(fs.image, fs.caption, fs.weight)
+    return head.compose(bq, bg, residuals(head, fs, batch))
+
+
+def embed_features(head, fs: FeatureSet, batch: int = 1024) -> np.ndarray:
+    """Gallery vectors ``(N, head.vector_dim)`` of a feature set."""
+    return embed_pair(head, fs, batch)[1]
+
+
+def loo_ap(q: np.ndarray, g: np.ndarray, labels: Sequence[str]) -> np.ndarray:
+    """Per-query AP, each row of ``q`` against the rows of ``g`` (same images), itself left out."""
+    from ..evaluation import LabelRelevance, evaluate_embeddings
+
+    return evaluate_embeddings(q, g, LabelRelevance.leave_one_out(list(labels)), mode="val", ks=(1,)).ap
+
+
 def loo_map(vecs: np.ndarray, labels: Sequence[str]) -> float:
+    return float(np.nanmean(loo_ap(vecs, vecs, labels)))
+
+
+def distractor_ap(val_q: np.ndarray, val_g: np.ndarray, val_labels: list[str], distractors: np.ndarray) -> np.ndarray:
+    """Per-query AP of each validation image as a query against the other validation images plus ``distractors``."""
     from ..evaluation import LabelRelevance, evaluate_embeddings
 
-    return float(evaluate_embeddings(vecs, vecs, LabelRelevance.leave_one_out(list(labels)), mode="val", ks=(1,)).map)
+    nv, nd = len(val_g), len(distractors)
+    gallery = np.concatenate([val_g, distractors]) if nd else val_g
+    rel = LabelRelevance(val_labels, list(val_labels) + [None] * nd, np.arange(nv), np.arange(nv + nd))
+    return evaluate_embeddings(val_q, gallery, rel, mode="val", ks=(1,)).ap
 
 
-def distractor_map(val_vecs: np.ndarray, val_labels: list[str], distractors: np.ndarray) -> float:
+def distractor_map(val_vecs: np.ndarray, val_labels: list[str], distractors: np.ndarray, val_q: np.ndarray | None = None) -> float:
     """mAP of each validation image as a query against the other validation images plus ``distractors``."""
-    from ..evaluation import LabelRelevance, evaluate_embeddings
-
-    nv, nd = len(val_vecs), len(distractors)
-    gallery = np.concatenate([val_vecs, distractors]) if nd else val_vecs
-    rel = LabelRelevance(val_labels, val_labels + [None] * nd, np.arange(nv), np.arange(nv + nd))
-    return float(evaluate_embeddings(val_vecs, gallery, rel, mode="val", ks=(1,)).map)
+    q = val_vecs if val_q is None else val_q
+    return float(np.nanmean(distractor_ap(q, val_vecs, list(val_labels), distractors)))
 
 
 # ---------------------------------------------------------------------------------------
 # fitting
+
+#: a trained epoch replaces the start point (α-fusion) only if its validation gain has a paired
+#: bootstrap 95% CI above zero (queries resampled; ``evaluation.paired_comparison``)
+SELECT_BOOT = 2000
+#: learning-rate factor of the gate and block scales (a few scalars that must move from 0 within tens of steps)
+SCALAR_LR_FACTOR = 30
 
 
 @dataclass
 class FitResult:
     head: object
     history: list[EpochStats]
+    #: the epoch whose weights the head holds (0 = the untrained start: exactly the base mode)
     best_epoch: int
     best_val_map: float | None
     val_map_untrained: float | None
     stopped_early: bool
+    #: the best *trained* epoch on validation (>= 1) and its weights, whether or not it was kept
+    trained_epoch: int = 0
+    trained_val_map: float | None = None
+    trained_state: dict | None = None
+    #: paired comparison (val APs) of the best trained epoch against the start, as a dict
+    selection: dict | None = None
+
+    def trained_head(self):
+        """A copy of the head with the best trained epoch's weights (for the ablation)."""
+        import copy
+
+        h = copy.deepcopy(self.head)
+        if self.trained_state is not None:
+            h.load_state_dict(self.trained_state)
+        h.eval()
+        return h
 
 
 def fit(
@@ -277,18 +335,23 @@ def fit(
     seed: int = 0,
     progress: Callable[[TrainProgress], None] | None = None,
     cancel: threading.Event | None = None,
-    train_skip: bool = False,
     val_distractors: bool = True,
     keep_initial: bool = True,
     threads: int | None = None,
+    require_ci: bool = True,
+    closed_set: bool = False,
 ) -> FitResult:
-    """Train a head on in-memory features; with ``val`` given, keep the epoch with the best validation mAP.
+    """Train a head on in-memory features; with ``val`` given, select on validation mAP.
 
-    ``keep_initial``: with the PCA skip on, the untrained head (epoch 0, which ranks like the
-    image-only mode) is a candidate of early stopping, so a head that does not beat it on the
-    unseen validation labels is returned as it started. ``val_distractors``: validation
-    queries are ranked against the validation images plus the training images. ``threads``:
-    torch intra-op threads while fitting (restored after); None leaves the setting alone.
+    The untrained head (epoch 0: gate 0, so exactly the base mode, α-fusion by default) is the
+    start point. ``keep_initial`` (on unless the base is ``none``): a trained epoch replaces it
+    only if its validation mAP is higher and, with ``require_ci``, the paired bootstrap 95% CI
+    of the gain over the start is above zero; so the returned head is never worse than
+    α-fusion on the validation labels. ``val_distractors``: validation queries are ranked
+    against the validation images plus the training images (unlabelled distractors; with
+    ``closed_set``, validation images share the training labels, so training images of the same
+    label count as relevant). ``threads``: torch intra-op threads while fitting (restored
+    after); None leaves the setting alone.
     """
     import torch
 
@@ -297,10 +360,11 @@ def fit(
         torch.set_num_threads(int(threads))
         try:
             return fit(train, train_labels, val, val_labels, head_cfg, loss_cfg, epochs, batch_size, lr, weight_decay, patience,
-                       seed, progress, cancel, train_skip, val_distractors, keep_initial, None)
+                       seed, progress, cancel, val_distractors, keep_initial, None, require_ci, closed_set)
         finally:
             torch.set_num_threads(old)
 
+    from ..evaluation import paired_comparison
     from .head import FusionHead, FusionLoss
 
     if epochs < 1:
@@ -311,38 +375,46 @@ def fit(
     box_names = sorted({lab for labs in train.box_labels for lab in labs}) if head_cfg.use_boxes else []
     box_vocab = {lab: i for i, lab in enumerate(box_names)}
     head = FusionHead(head_cfg)
-    if head_cfg.skip:
-        head.init_skip(train.image)
-        head.skip.requires_grad_(train_skip)
     crit = FusionLoss(head, len(label_names), len(box_names), loss_cfg)
     data = _tensors(train, train_labels, label_index, box_vocab)
+    if loss_cfg.lambda_fused > 0 and head_cfg.base != "none":
+        bq, bg = head.base_pair(train.image, train.caption, train.weight)
+        data["base_q"], data["base_g"] = torch.from_numpy(np.ascontiguousarray(bq)), torch.from_numpy(np.ascontiguousarray(bg))
     n = len(train)
     steps_per_epoch = max(1, math.ceil(n / batch_size))
-    opt = torch.optim.AdamW([p for p in crit.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay, foreach=True)
+    gate = [head.gate, head.block_scale]
+    rest = [p for p in crit.parameters() if p.requires_grad and p is not head.gate and p is not head.block_scale]
+    # the gate and block scales are a few scalars that have to travel from 0 to a useful mix within a few dozen steps
+    opt = torch.optim.AdamW([{"params": rest}, {"params": gate, "lr": lr * SCALAR_LR_FACTOR}], lr=lr, weight_decay=weight_decay, foreach=True)
     total_steps = epochs * steps_per_epoch
     warm = min(steps_per_epoch, max(1, total_steps // 20))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda k: min(1.0, (k + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, k / max(1, total_steps)))))
     gen = torch.Generator().manual_seed(seed)
     emit = progress or (lambda p: None)
+    val_l = None if val_labels is None else list(val_labels)
 
-    def validate() -> float | None:
+    def validate() -> np.ndarray | None:
         if val is None or not len(val):
             return None
-        v = embed_features(head, val)
+        vq, vg = embed_pair(head, val)
+        if closed_set:
+            from ..evaluation import LabelRelevance, evaluate_embeddings
+
+            nv, nt = len(val), len(train)
+            rel = LabelRelevance(val_l, val_l + list(train_labels), np.arange(nv), np.arange(nv + nt))
+            return evaluate_embeddings(vq, np.concatenate([vg, embed_features(head, train)]), rel, mode="val", ks=(1,)).ap
         if not val_distractors:
-            return loo_map(v, val_labels)
+            return loo_ap(vq, vg, val_l)
         # unseen-label queries against their own images plus the training images as distractors:
         # a head that folds new classes onto the training classes loses here
-        return distractor_map(v, list(val_labels), embed_features(head, train))
+        return distractor_ap(vq, vg, val_l, embed_features(head, train))
 
-    untrained = validate()
+    ap0 = validate()
+    untrained = None if ap0 is None else float(np.nanmean(ap0))
+    start_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
     history: list[EpochStats] = []
-    best_state, best_epoch, best_map = None, 0, None
-    if untrained is not None and head_cfg.skip and keep_initial:
-        # the initial head (PCA of the image vectors) is a candidate too: training must beat it
-        best_map = untrained
-        best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+    tr_state, tr_epoch, tr_map, tr_ap = None, 0, None, None
     since_best = 0
     stopped_early = False
     for epoch in range(1, epochs + 1):
@@ -368,31 +440,45 @@ def fit(
             for k, v in parts.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + v * m
             count += m
-        vmap = validate()
+        ap = validate()
+        vmap = None if ap is None else float(np.nanmean(ap))
         st = EpochStats(epoch, tot / max(count, 1), {k: v / max(count, 1) for k, v in parts_sum.items()}, vmap, time.perf_counter() - t0)
         history.append(st)
         emit(TrainProgress("training", epoch, epochs, epoch, epochs, st.loss, vmap, f"epoch {epoch}/{epochs}"))
         if vmap is None:
-            best_epoch = epoch
             continue
-        if best_map is None or vmap > best_map + 1e-6:
-            best_map, best_epoch, since_best = vmap, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+        if tr_map is None or vmap > tr_map + 1e-6:
+            tr_map, tr_epoch, tr_ap, since_best = vmap, epoch, ap, 0
+            tr_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
         else:
             since_best += 1
             if patience and since_best >= patience:
                 stopped_early = epoch < epochs
                 break
-    if best_state is not None:
-        head.load_state_dict(best_state)
+    last_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+    selection = None
+    if ap0 is None:  # no validation: the last epoch
+        best_epoch, best_map, tr_state, tr_epoch = len(history), None, last_state, len(history)
+        head.load_state_dict(last_state)
+    else:
+        best_epoch, best_map = tr_epoch, tr_map
+        head.load_state_dict(tr_state)
+        if keep_initial and head_cfg.base != "none":
+            c = paired_comparison(ap0, tr_ap, n_boot=SELECT_BOOT, seed=seed, name_a="start", name_b=f"epoch {tr_epoch}")
+            selection = c.to_dict()
+            justified = tr_map > untrained + 1e-9 and (c.ci_low > 0 if require_ci else True)
+            if not justified:
+                best_epoch, best_map = 0, untrained
+                head.load_state_dict(start_state)
     head.eval()
-    return FitResult(head, history, best_epoch, best_map, untrained, stopped_early)
+    return FitResult(head, history, best_epoch, best_map, untrained, stopped_early, tr_epoch, tr_map, tr_state, selection)
 
 
 def make_head_config(library, use_boxes: bool, use_caption: bool = True, arch: str = "attention", **kw):
     from .head import HeadConfig
 
     im, tx = library.image_model, library.text_model
+    kw.setdefault("alpha", float(library.alpha))
     return HeadConfig(
         image_model_id=im.model_id, image_dim=int(library.image_dim), text_model_id=tx.model_id, text_dim=int(tx.dim),
         box_feature_id=box_feature_id(im.model_id) if use_boxes else None, use_caption=use_caption, arch=arch, **kw)
@@ -420,6 +506,7 @@ def train_fusion(
     arcface: bool = True,
     lambda_nce: float = 0.5,
     lambda_box: float = 0.2,
+    lambda_fused: float = 1.0,
     use_boxes: bool | str = "auto",
     use_caption: bool = True,
     arch: str = "attention",
@@ -443,8 +530,8 @@ def train_fusion(
     t_start = time.perf_counter()
     if not 0.0 <= val_split < 1.0:
         raise ExplorerError(f"val_split must be in [0, 1), got {val_split}")
-    if not (arcface or lambda_nce > 0):
-        raise ExplorerError("nothing to train: switch on ArcFace or the image-caption InfoNCE term")
+    if not (arcface or lambda_nce > 0 or lambda_fused > 0):
+        raise ExplorerError("nothing to train: switch on the fused contrastive term, ArcFace or the image-caption InfoNCE term")
     boxes_on, note = resolve_boxes(library, use_boxes)
     emit = progress or (lambda p: None)
     emit(TrainProgress("features", message="preparing cached features"))
@@ -463,20 +550,20 @@ def train_fusion(
     tr_l = [labels[i] for i in tr_rows.tolist()]
     va_l = [labels[i] for i in va_rows.tolist()]
     head_cfg = make_head_config(library, boxes_on, use_caption, arch, max_boxes=max_boxes)
-    loss_cfg = LossConfig(arcface=arcface, lambda_nce=lambda_nce, lambda_box=lambda_box)
+    loss_cfg = LossConfig(arcface=arcface, lambda_nce=lambda_nce, lambda_box=lambda_box, lambda_fused=lambda_fused)
     res = fit(train, tr_l, val, va_l, head_cfg, loss_cfg, epochs, batch_size, DEFAULT_LR if lr is None else lr,
               DEFAULT_WEIGHT_DECAY, patience, seed, progress, cancel, threads=threads)
     val_img = distractor_map(val.image, va_l, train.image) if val is not None else None
     if val is not None and res.best_epoch == 0:
-        notes.append("no trained epoch beat the initial head (a PCA projection of the image vectors) on the unseen "
-                     "validation labels, so the saved head is the initial one: it ranks about like the image-only mode")
+        notes.append("no trained epoch beat the start (the α-fused mode) on the unseen validation labels with a CI above "
+                     "zero, so the saved head is the start: it ranks exactly like the α-fused mode")
     saved = None
     report = TrainReport(
         out_path=None, epochs=res.history, best_epoch=res.best_epoch, best_val_map=res.best_val_map,
         val_map_image_only=val_img, val_map_untrained=res.val_map_untrained, n_train_images=len(train),
         n_val_images=0 if val is None else len(val), train_labels=train_labs, val_labels=val_labs,
         head_config=head_cfg.to_dict(), loss_config=loss_cfg.to_dict(), stopped_early=res.stopped_early,
-        seconds=0.0, notes=notes)
+        seconds=0.0, notes=notes, selection=res.selection)
     if out_path is not None:
         from .io import save_head
 
@@ -491,4 +578,4 @@ def train_fusion(
 
 
 __all__ = ["TrainProgress", "EpochStats", "TrainReport", "FitResult", "train_fusion", "fit", "labelled_features",
-           "split_labels", "embed_features", "loo_map", "make_head_config", "seed_everything"]
+           "split_labels", "embed_features", "embed_pair", "residuals", "loo_ap", "loo_map", "make_head_config", "seed_everything"]
