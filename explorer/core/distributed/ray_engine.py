@@ -444,6 +444,8 @@ class RayIndexer:
             b = os.fsencode(os.path.realpath(os.path.expanduser(os.fsdecode(f) if isinstance(f, bytes) else str(f))))
             if not os.path.isdir(b):
                 raise ExplorerError(f"not a folder: {display(b)}")
+            if not os.access(b, os.R_OK | os.X_OK):
+                raise ExplorerError(f"folder is not readable (permission denied): {display(b)}")
             roots.append(b)
         started = False
 
@@ -467,6 +469,7 @@ class RayIndexer:
             emit(Progress("scanning", elapsed=time.monotonic() - t0))
             result = scan(roots, cancel)
             summary.scanned = len(result.files)
+            summary.outside_links = len(result.outside_links)
             run_id = self.local._start_run(roots)
             todo = self.local.plan(result, roots, summary)
             rows = self._rows(todo)
