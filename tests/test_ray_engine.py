@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,6 +137,35 @@ class InlineRayIndexer(RayIndexer):
             yield b
 
 
+def copy_indexed(where, sample_gallery, indexed_sample, loader, **settings) -> tuple:
+    """A copy of the sample gallery and of its indexed library (rows moved to the copy's paths),
+    opened with ``settings`` changed."""
+    gal, lib_dir = where / "gallery", where / "lib"
+    shutil.copytree(sample_gallery, gal)
+    shutil.copytree(indexed_sample.dir, lib_dir)
+    lib = Library(lib_dir, replace(loader.settings, library=str(lib_dir), **settings), loader=loader)
+    # the copied library knows the original paths: move its rows to this copy's paths
+    with lib.store.Session.begin() as s:
+        for r in s.scalars(select(ImageRow)):
+            p = os.path.join(str(gal), os.path.relpath(r.path, sample_gallery))
+            r.path_key, r.path, r.folder = os.fsencode(p), p, os.path.dirname(p)
+    return gal, lib
+
+
+def assert_same_library(got: dict, want: dict) -> None:
+    """Snapshots agree: ids, status, caption rows, detections; vectors to cosine 0.999."""
+    assert set(got) == set(want)
+    for rel in want:
+        gid, status, err, caps, dets, iv, cv = got[rel]
+        wid, wstatus, werr, wcaps, wdets, wiv, wcv = want[rel]
+        assert (gid, status, err, caps, dets) == (wid, wstatus, werr, wcaps, wdets), rel
+        assert (iv is None) == (wiv is None) and (cv is None) == (wcv is None), rel
+        if iv is not None:
+            assert float(iv @ wiv) >= 0.999, rel
+        if cv is not None:
+            assert float(cv @ wcv) >= 0.999, rel
+
+
 def test_incremental_runs_match_local_indexer(tmp_path, indexed_sample, sample_gallery, loader):
     """After the first indexing: a new sidecar caption (only the text is redone, the user caption
     wins), a changed file (redone under the same id) and a new file — the Ray engine's stages store
@@ -144,15 +174,7 @@ def test_incremental_runs_match_local_indexer(tmp_path, indexed_sample, sample_g
 
     results = {}
     for engine in ("local", "ray"):
-        gal, lib_dir = tmp_path / engine / "gallery", tmp_path / engine / "lib"
-        shutil.copytree(sample_gallery, gal)
-        shutil.copytree(indexed_sample.dir, lib_dir)
-        lib = Library(lib_dir, replace(loader.settings, library=str(lib_dir)), loader=loader)
-        # the copied library knows the original paths: move its rows to this copy's paths
-        with lib.store.Session.begin() as s:
-            for r in s.scalars(select(ImageRow)):
-                p = os.path.join(str(gal), os.path.relpath(r.path, sample_gallery))
-                r.path_key, r.path, r.folder = os.fsencode(p), p, os.path.dirname(p)
+        gal, lib = copy_indexed(tmp_path / engine, sample_gallery, indexed_sample, loader)
         cat = sorted((gal / "cat").glob("*.jpg"))
         (gal / "cat" / (cat[0].name + ".txt")).write_text("a tabby cat looking at the camera")
         shutil.copy(gal / "coffee" / "coffee.jpg", gal / "cat" / cat[1].name)  # changed content, same name
@@ -179,3 +201,103 @@ def test_incremental_runs_match_local_indexer(tmp_path, indexed_sample, sample_g
     assert sidecar[3]["sidecar"] == "a tabby cat looking at the camera"
     assert float(replaced[5] @ got[os.path.join("coffee", "coffee.jpg")][5]) >= 0.999
     assert os.path.join("rocket", "rocket-copy.jpg") in got
+
+
+def test_caption_sources_match_local_indexer(tmp_path, indexed_sample, sample_gallery, loader):
+    """Folder words switched on (caption text only is redone, joined to the generated caption and
+    the file-name words), a new sidecar (the person-written caption wins) and a deleted file: the
+    Ray engine's stages embed and store the same captions as the local indexer."""
+    from explorer.core.pipeline import Indexer
+
+    sources = ("metadata", "filename", "folder")
+    results = {}
+    for engine in ("local", "ray"):
+        gal, lib = copy_indexed(tmp_path / engine, sample_gallery, indexed_sample, loader, caption_sources=sources)
+        cat = sorted((gal / "cat").glob("*.jpg"))
+        (gal / "cat" / (cat[0].name + ".txt")).write_text("  a cat\n on a sofa ")
+        (gal / "rocket" / "rocket.jpg").unlink()
+        if engine == "local":
+            summary = Indexer(lib).run([gal])
+        else:
+            summary = InlineRayIndexer(lib, loader, options=RayOptions(shard_size=5, batch_size=3)).run([gal])
+        assert summary.ok, summary.failures
+        results[engine] = ((summary.indexed, summary.unchanged, summary.removed), snapshot(lib, gal))
+        lib.close()
+    (counts, got), (wcounts, want) = results["ray"], results["local"]
+    assert counts == wcounts and counts[2] == 1
+    assert_same_library(got, want)
+    # the changes really happened
+    before = snapshot(indexed_sample, sample_gallery)
+    sidecar = got[os.path.join("cat", cat[0].name)]
+    assert sidecar[3]["sidecar"] == "a cat on a sofa" and "folder" in sidecar[3]
+    other = os.path.join("cat", cat[1].name)
+    assert got[other][3]["folder"] == "cat" and not np.array_equal(got[other][6], before[other][6])  # re-embedded
+
+
+def test_ocr_source_matches_local_indexer(tmp_path, sample_gallery, loader):
+    """With the OCR source on, the Ray engine reads the text in the images as the local indexer does."""
+    pytest.importorskip("rapidocr_onnxruntime")
+    from PIL import Image, ImageDraw, ImageFont
+
+    from explorer.core.pipeline import Indexer
+
+    results = {}
+    for engine in ("local", "ray"):
+        gal, lib_dir = tmp_path / engine / "gallery", tmp_path / engine / "lib"
+        gal.mkdir(parents=True)
+        im = Image.new("RGB", (420, 140), "white")
+        ImageDraw.Draw(im).text((20, 40), "SUMMER SALE", fill="black", font=ImageFont.load_default(size=44))
+        im.save(gal / "poster.jpg", quality=95)
+        shutil.copy(sample_gallery / "coffee" / "coffee.jpg", gal / "coffee.jpg")
+        lib = Library(lib_dir, replace(loader.settings, library=str(lib_dir), caption_sources=("filename", "ocr")), loader=loader)
+        if engine == "local":
+            summary = Indexer(lib).run([gal])
+        else:
+            summary = InlineRayIndexer(lib, loader, options=RayOptions(shard_size=2, batch_size=2)).run([gal])
+        assert summary.ok and summary.indexed == 2, summary.failures
+        results[engine] = snapshot(lib, gal)
+        lib.close()
+    assert_same_library(results["ray"], results["local"])
+    assert results["ray"]["poster.jpg"][3]["ocr"] == "SUMMER SALE"
+
+
+HOLDER = """
+import sys, time
+from explorer.core.lock import WriterLock
+lock = WriterLock(sys.argv[1]); lock.acquire("indexing")
+print("locked", flush=True); time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_ray_run_holds_the_writer_lock(tmp_path, indexed_sample, sample_gallery, loader):
+    """A second writer is refused before anything is written; the run holds the lock, so its
+    indices are saved and a later check finds nothing to repair."""
+    import subprocess
+    import sys
+
+    from explorer.core.lock import LibraryBusy
+    from explorer.core.store import RunRow
+
+    gal, lib = copy_indexed(tmp_path, sample_gallery, indexed_sample, loader)
+    shutil.copy(gal / "rocket" / "rocket.jpg", gal / "rocket" / "rocket-copy.jpg")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(lib.dir), "60"], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with lib.store.session() as s:
+            runs = s.scalar(select(func.count()).select_from(RunRow))
+        with pytest.raises(LibraryBusy, match=f"library is busy \\(indexing by pid {holder.pid} since "):
+            InlineRayIndexer(lib, loader).run([gal])
+        with lib.store.session() as s:
+            assert s.scalar(select(func.count()).select_from(RunRow)) == runs, "the refused writer left no run row"
+    finally:
+        holder.kill()
+        holder.wait()
+    writer = []
+    summary = InlineRayIndexer(lib, loader).run([gal], progress=lambda p: writer.append(lib.is_writer))
+    assert summary.ok and summary.indexed == 1 and writer and all(writer) and not lib.is_writer
+    lib_dir = lib.dir
+    lib.close()
+    lib = Library(lib_dir, replace(loader.settings, library=str(lib_dir)), loader=loader)
+    assert not lib.check().lines()
+    lib.close()

@@ -258,6 +258,34 @@ class Work:
         return self.full or self.detect or self.caption or self.image or self.ocr
 
 
+def caption_to_embed(work: Work, stored: dict[str, Caption], generated: Caption | None, ocr: Caption | None,
+                     sources) -> Caption | None:
+    """The caption to embed for one image after this run: ``compose`` of its stored captions
+    (``{source: caption}``) updated with what this run read or computed (person-written captions
+    from files, name words, the captioner's and OCR's output; sources read again every run, and a
+    switched-off OCR, drop out). None when there is no caption, or when the stored caption vector
+    stays valid (the active text did not change and ``work`` does not need its text redone).
+    Both indexing engines (local and Ray) call this, so they embed the same text."""
+    merged = dict(stored)
+    for src in REREAD_USER_SOURCES + ("filename", "folder"):
+        merged.pop(src, None)
+    if "ocr" not in sources:
+        merged.pop("ocr", None)
+    merged.update(work.user_captions)
+    merged.update(work.extras)
+    if generated is not None:
+        merged["generated"] = generated
+    if ocr is not None:
+        merged["ocr"] = ocr
+    active = compose(merged)
+    if active is None:
+        return None
+    old_active = compose(stored)
+    if work.needs("text") or old_active is None or old_active.text != active.text:
+        return active
+    return None
+
+
 @dataclass
 class Decoded:
     work: Work
@@ -579,22 +607,8 @@ class Indexer:
         for d in good:
             if id(d) in errors:
                 continue
-            merged = dict(stored_caps.get(d.work.image_id, {}))
-            for src in REREAD_USER_SOURCES + ("filename", "folder"):
-                merged.pop(src, None)
-            if "ocr" not in self.sources:
-                merged.pop("ocr", None)
-            merged.update(d.work.user_captions)
-            merged.update(d.work.extras)
-            if id(d) in caps:
-                merged["generated"] = caps[id(d)]
-            if id(d) in ocrs:
-                merged["ocr"] = ocrs[id(d)]
-            active = compose(merged)
-            if active is None:
-                continue
-            old_active = compose(stored_caps.get(d.work.image_id, {}))
-            if d.work.needs("text") or old_active is None or old_active.text != active.text:
+            active = caption_to_embed(d.work, stored_caps.get(d.work.image_id, {}), caps.get(id(d)), ocrs.get(id(d)), self.sources)
+            if active is not None:
                 texts[id(d)] = active
         txt_vecs: dict[int, np.ndarray] = {}
         if texts:

@@ -5,12 +5,16 @@ and models:
 
 1. **plan** (driver): scan and plan exactly as :class:`explorer.core.pipeline.Indexer` does; every
    file to (re)process becomes a row whose *key* hashes the file (path, size, mtime), what must be
-   recomputed, its user caption and the model ids; rows are cut into shards of ``shard_size``;
+   recomputed, its caption context (stored captions, person-written captions read from files,
+   file/folder name words, the enabled sources) and the model ids; rows are cut into shards of
+   ``shard_size``;
 2. **decode** (Ray tasks): hash and decode with ``Indexer.decode`` (the one safe decoder);
 3. **models** (``map_batches`` over stateful actor pools, one per role — detector, captioner,
    image encoder, text encoder — each loading its model once; ``concurrency`` per role; GPU roles
    ask for ``gpus_per_actor`` when the cluster has GPUs): a batch that fails is retried image by
-   image, and a failure is recorded against that image only;
+   image, and a failure is recorded against that image only. The captioner actor also reads text
+   (OCR) when that source is on; the text actor embeds the caption chosen by the pipeline's own
+   ``caption_to_embed`` (``captions.sources.compose``), so both engines embed the same text;
 4. **shards** (driver): results stream back in order; each completed shard is written to
    ``LIBRARY/ray-shards/shard-<hash>.parquet`` (temp file + rename) and then **ingested** in one
    transaction by ``Indexer._commit`` — the local indexer's commit, so rows, captions, detections and
@@ -24,6 +28,10 @@ that changed since) are deleted. Nothing is ingested twice: ingest goes through 
 which knows each file's image id.
 
 **Bad files** are recorded with their reason exactly as by the local indexer and never stop a run.
+
+**Writer lock.** ``run`` holds the library's writer lock from start to end, as ``Indexer.run``
+does (``LibraryBusy`` for a second writer, unless ``wait``); only the lock holder saves the
+indices. A run that ends in an error is recorded as ``failed`` after saving what was ingested.
 """
 
 from __future__ import annotations
@@ -44,8 +52,7 @@ from ..captions import CaptionsFile
 from ..config import Settings
 from ..errors import ExplorerError
 from ..models.base import Caption, Detection
-from ..pipeline import Decoded, Indexer, IndexSummary, Progress, Work, display, scan
-from ..store import caption_rank
+from ..pipeline import Decoded, Indexer, IndexSummary, Progress, Work, caption_to_embed, display, scan
 
 ROLES = ("detector", "captioner", "image", "text")
 #: roles whose backends run torch and so benefit from a GPU (the default detector runs in OpenCV)
@@ -164,14 +171,46 @@ class DetectorActor(_Role):
         return {**batch, "dets": dets, "store_dets": store, "model_error": model_error}
 
 
+def _captions(batch: dict, j: int) -> dict:
+    """The caption context the driver planned for row ``j`` (see ``RayIndexer._rows``)."""
+    return json.loads(str(batch["captions"][j]))
+
+
+def _caption_dict(d: dict) -> dict[str, Caption]:
+    return {src: Caption(text, src, model_id, float(conf)) for src, (text, model_id, conf) in d.items()}
+
+
 class CaptionerActor(_Role):
+    """The captioner, and the OCR source when it is on (as the local indexer: only for images
+    without a person-written caption, that are new or were not read yet)."""
+
     role = "captioner"
+
+    def _ocr(self, batch: dict, model_error) -> tuple:
+        n = len(batch["path"])
+        text, model = np.array([""] * n, object), np.array([""] * n, object)
+        conf, has = np.zeros(n, np.float64), np.zeros(n, bool)
+        want = [j for j in range(n) if _ok(batch, j) and batch["pix"][j] and batch["ocr"][j]]
+        if want:
+            if getattr(self, "_ocr_reader", None) is None:
+                from ..captions.ocr import OcrReader
+
+                self._ocr_reader = OcrReader()
+            reader = self._ocr_reader
+            res, errs = _guarded(lambda ims: [reader.read(im) for im in ims], [_image(batch, j) for j in want], "ocr")
+            for p, (j, c) in enumerate(zip(want, res)):
+                if p in errs:
+                    model_error[j] = errs[p]
+                elif c is not None:
+                    text[j], model[j], conf[j], has[j] = c.text, c.model_id, float(c.confidence), True
+        return {"ocr_text": text, "ocr_model": model, "ocr_conf": conf, "has_ocr": has}
 
     def __call__(self, batch: dict) -> dict:
         n = len(batch["path"])
         cap_text, cap_model = np.array([""] * n, object), np.array([""] * n, object)
         cap_conf, has_cap = np.zeros(n, np.float64), np.zeros(n, bool)
         model_error = batch["model_error"].copy()
+        ocr = self._ocr(batch, model_error)
         want = [j for j in range(n) if _ok(batch, j) and batch["pix"][j] and not batch["has_user"][j]
                 and (batch["full"][j] or batch["caption"][j])]
         images = [_image(batch, j) for j in want]
@@ -188,7 +227,7 @@ class CaptionerActor(_Role):
                 elif c is not None:
                     cap_text[j], cap_model[j], cap_conf[j], has_cap[j] = c.text, c.model_id, float(c.confidence), True
         return {**batch, "cap_text": cap_text, "cap_model": cap_model, "cap_conf": cap_conf, "has_cap": has_cap,
-                "model_error": model_error}
+                **ocr, "model_error": model_error}
 
 
 class ImageEncoderActor(_Role):
@@ -220,16 +259,17 @@ class TextEncoderActor(_Role):
         for j in range(n):
             if not _ok(batch, j):
                 continue
-            if batch["fixed_override"][j]:
-                active = str(batch["fixed_text"][j])
-            elif batch["has_cap"][j]:
-                active = str(batch["cap_text"][j])
-            elif batch["has_fixed"][j]:
-                active = str(batch["fixed_text"][j])
-            else:
-                continue
-            if batch["text_needed"][j] or batch["full"][j] or batch["has_cap"][j]:
-                texts[j] = active
+            # the pipeline's own rule (compose of stored and this run's captions), on the planned context
+            c = _captions(batch, j)
+            w = Work(bytes(batch["path"][j]), None, None, full=bool(batch["full"][j]), text=bool(batch["text"][j]),
+                     user_captions=_caption_dict(c["users"]), extras=_caption_dict(c["extras"]))
+            gen = Caption(str(batch["cap_text"][j]), "generated", str(batch["cap_model"][j]), float(batch["cap_conf"][j])) \
+                if batch["has_cap"][j] else None
+            ocr = Caption(str(batch["ocr_text"][j]), "ocr", str(batch["ocr_model"][j]), float(batch["ocr_conf"][j])) \
+                if batch["has_ocr"][j] else None
+            active = caption_to_embed(w, _caption_dict(c["stored"]), gen, ocr, c["sources"])
+            if active is not None:
+                texts[j] = active.text
         keys = list(texts)
         res, errs = _guarded(lambda ts: list(self.model.embed_texts(ts)), [texts[j] for j in keys], "text encoder")
         for p, (j, v) in enumerate(zip(keys, res)):
@@ -243,7 +283,8 @@ class TextEncoderActor(_Role):
 ACTORS = {"detector": DetectorActor, "captioner": CaptionerActor, "image": ImageEncoderActor, "text": TextEncoderActor}
 #: columns a shard file keeps (everything the commit needs)
 SHARD_COLUMNS = ("key", "path", "error", "model_error", "digest", "full", "width", "height", "pw", "dets", "store_dets",
-                 "has_cap", "cap_text", "cap_model", "cap_conf", "img_vec", "txt_vec")
+                 "has_cap", "cap_text", "cap_model", "cap_conf", "has_ocr", "ocr_text", "ocr_model", "ocr_conf",
+                 "img_vec", "txt_vec")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,29 +306,26 @@ class RayIndexer:
         detector, captioner, image_enc, text_enc = self.local._models()
         models = [detector.model_id, captioner.model_id, image_enc.model_id, text_enc.model_id]
         stored = self.local._stored_captions([w.image_id for w in todo if w.image_id is not None])
+        sources = list(self.local.sources)
+        ocr_on = "ocr" in self.local.sources
+
+        def plain(caps: dict[str, Caption]) -> dict:
+            return {src: [c.text, c.model_id, float(c.confidence)] for src, c in sorted(caps.items())}
+
         rows = []
         for w in todo:
-            old = stored.get(w.image_id, {}) if w.image_id is not None else {}
-            merged = {k: v for k, v in old.items() if k not in ("sidecar", "captions-file")}
-            if w.user_caption is not None:
-                merged[w.user_caption.source] = w.user_caption
-            regen = w.user_caption is None and w.needs("caption")
-            best = min(merged, key=caption_rank) if merged else None
-            # the active caption, unless it will be this run's generated caption
-            override = best is not None and best != "generated" and caption_rank(best) < caption_rank("generated")
-            fixed = merged[best] if best is not None and (override or not regen) else None
-            old_active = old[min(old, key=caption_rank)] if old else None
-            text_needed = w.needs("text") or old_active is None or (fixed is not None and old_active.text != fixed.text)
+            # what the text actor needs to apply the pipeline's caption rule (caption_to_embed)
+            captions = json.dumps({"stored": plain(stored.get(w.image_id, {}) if w.image_id is not None else {}),
+                                   "users": plain(w.user_captions), "extras": plain(w.extras), "sources": sources})
             row = {
                 "path": w.path, "full": w.full, "verify": w.verify_hash is not None, "verify_hash": w.verify_hash or "",
                 "detect": w.detect, "caption": w.caption, "image": w.image, "text": w.text,
                 "has_user": w.user_caption is not None,
-                "has_fixed": fixed is not None, "fixed_text": fixed.text if fixed else "", "fixed_override": bool(override),
-                "text_needed": bool(text_needed),
+                # as the local indexer: OCR reads images without a person-written caption, new or not read yet
+                "ocr": ocr_on and w.user_caption is None and (w.ocr or w.full),
+                "captions": captions,
             }
-            ident = [w.path.hex(), w.st.st_size, w.st.st_mtime_ns, models,
-                     w.user_caption.text if w.user_caption else None, w.user_caption.source if w.user_caption else None,
-                     {k: v for k, v in row.items() if k != "path"}]
+            ident = [w.path.hex(), w.st.st_size, w.st.st_mtime_ns, models, {k: v for k, v in row.items() if k != "path"}]
             row["key"] = hashlib.blake2b(json.dumps(ident).encode(), digest_size=16).hexdigest()
             rows.append(row)
         return rows
@@ -327,7 +365,7 @@ class RayIndexer:
     def _ingest(self, rows: list[dict], work: dict[str, Work], summary: IndexSummary) -> None:
         """Commit one shard's results through the local indexer's commit (one transaction)."""
         detector, _, image_enc, text_enc = self.local._models()
-        batch, errors, dets, caps, img_vecs, txt_vecs = [], {}, {}, {}, {}, {}
+        batch, errors, dets, caps, ocrs, img_vecs, txt_vecs = [], {}, {}, {}, {}, {}, {}
         for r in rows:
             w = work[r["key"]]
             if r["full"]:
@@ -342,13 +380,15 @@ class RayIndexer:
                 dets[key] = [Detection(x[0], x[1], tuple(x[2:])) for x in json.loads(r["dets"])]
             if r["has_cap"]:
                 caps[key] = Caption(r["cap_text"], "generated", r["cap_model"], float(r["cap_conf"]))
+            if r["has_ocr"]:
+                ocrs[key] = Caption(r["ocr_text"], "ocr", r["ocr_model"], float(r["ocr_conf"]))
             if r["img_vec"]:
                 img_vecs[key] = np.frombuffer(r["img_vec"], np.float32)
             if r["txt_vec"]:
                 txt_vecs[key] = np.frombuffer(r["txt_vec"], np.float32)
             batch.append(d)
         self.local._commit(batch, errors, dets, caps, img_vecs, {}, txt_vecs, summary,
-                           detector.model_id, image_enc.model_id, text_enc.model_id)
+                           detector.model_id, image_enc.model_id, text_enc.model_id, ocrs)
 
     # -- the Ray dataset ---------------------------------------------------------------------------------
     def _dataset(self, rows: list[dict]):
@@ -382,11 +422,19 @@ class RayIndexer:
 
     # -- running ---------------------------------------------------------------------------------------------
     def run(self, folders: list, progress: Callable[[Progress], None] | None = None,
-            cancel: threading.Event | None = None) -> IndexSummary:
+            cancel: threading.Event | None = None, wait: bool | float = False) -> IndexSummary:
+        """Index ``folders`` holding the library's writer lock, as ``Indexer.run`` does (``LibraryBusy``
+        if another process writes, unless ``wait``); only the lock holder saves the indices."""
         try:
-            import ray
+            import ray  # noqa: F401
         except ImportError:
             raise ExplorerError("--index-engine ray needs Ray: pip install 'retrieval-explorer[scale]'") from None
+        with self.lib.writing("indexing", wait=wait):
+            return self._run(folders, progress, cancel)
+
+    def _run(self, folders, progress, cancel) -> IndexSummary:
+        import ray
+
         t0 = time.monotonic()
         cancel = cancel or threading.Event()
         emit = progress or (lambda p: None)
@@ -396,6 +444,8 @@ class RayIndexer:
             b = os.fsencode(os.path.realpath(os.path.expanduser(os.fsdecode(f) if isinstance(f, bytes) else str(f))))
             if not os.path.isdir(b):
                 raise ExplorerError(f"not a folder: {display(b)}")
+            if not os.access(b, os.R_OK | os.X_OK):
+                raise ExplorerError(f"folder is not readable (permission denied): {display(b)}")
             roots.append(b)
         started = False
 
@@ -419,74 +469,84 @@ class RayIndexer:
             emit(Progress("scanning", elapsed=time.monotonic() - t0))
             result = scan(roots, cancel)
             summary.scanned = len(result.files)
+            summary.outside_links = len(result.outside_links)
             run_id = self.local._start_run(roots)
             todo = self.local.plan(result, roots, summary)
             rows = self._rows(todo)
             work = {r["key"]: w for r, w in zip(rows, todo)}
             prog = Progress("indexing", total=len(todo), skipped=summary.unchanged, failed=len(summary.failures))
             t_index = time.monotonic()
-            existing = self._existing_shards()
-            used_files: set[Path] = set()
+            failed = True
+            try:
+                existing = self._existing_shards()
+                used_files: set[Path] = set()
 
-            def ingested(n: int, last: bytes) -> None:
-                prog.done += n
-                prog.failed = len(summary.failures)
-                prog.elapsed = time.monotonic() - t_index
-                prog.current = display(last)
-                emit(prog)
+                def ingested(n: int, last: bytes) -> None:
+                    prog.done += n
+                    prog.failed = len(summary.failures)
+                    prog.elapsed = time.monotonic() - t_index
+                    prog.current = display(last)
+                    emit(prog)
 
-            # 1. results already on disk from a killed run: ingest without recomputing
-            reuse: dict[Path, list[dict]] = {}
-            for r in rows:
-                if r["key"] in existing:
-                    f, res = existing[r["key"]]
-                    reuse.setdefault(f, []).append(res)
-            for f, res in reuse.items():
-                if cancel.is_set():
-                    break
-                self._ingest(res, work, summary)
-                used_files.add(f)
-                f.unlink(missing_ok=True)
-                self.stats.shards_reused += 1
-                self.stats.rows_reused += len(res)
-                ingested(len(res), work[res[-1]["key"]].path)
-            # 2. shard files that matched nothing are stale (ingested before a kill, or outdated)
-            for f in {f for f, _ in existing.values()} - used_files:
-                f.unlink(missing_ok=True)
-                self.stats.stale_files_removed += 1
-            # 3. compute the rest on the cluster, shard by shard
-            rest = [r for r in rows if r["key"] not in existing]
-            shard_of = {r["key"]: i // self.options.shard_size for i, r in enumerate(rest)}
-            sizes: dict[int, int] = {}
-            for s in shard_of.values():
-                sizes[s] = sizes.get(s, 0) + 1
-            buffers: dict[int, list[dict]] = {}
-            if rest and not cancel.is_set():
-                for b in self._compute(rest, ensure_ray):
-                    cols = list(b)
-                    for j in range(len(b["key"])):
-                        r = {c: _py(b[c][j]) for c in cols}
-                        s = shard_of[r["key"]]
-                        buffers.setdefault(s, []).append(r)
-                        if len(buffers[s]) == sizes[s]:
-                            done_rows = buffers.pop(s)
-                            path = self._write_shard(done_rows)
-                            emit(Progress("shard written", prog.done, prog.total, prog.failed, prog.skipped, prog.elapsed, str(path)))
-                            self._ingest(done_rows, work, summary)
-                            path.unlink(missing_ok=True)
-                            self.stats.shards_computed += 1
-                            self.stats.rows_computed += len(done_rows)
-                            ingested(len(done_rows), work[done_rows[-1]["key"]].path)
+                # 1. results already on disk from a killed run: ingest without recomputing
+                reuse: dict[Path, list[dict]] = {}
+                for r in rows:
+                    if r["key"] in existing:
+                        f, res = existing[r["key"]]
+                        reuse.setdefault(f, []).append(res)
+                for f, res in reuse.items():
                     if cancel.is_set():
                         break
-            summary.cancelled = cancel.is_set()
-            emit(Progress("saving", prog.done, prog.total, prog.failed, prog.skipped, prog.elapsed))
-            self.lib.sync_indices(save=True)
-            if summary.indexed or summary.removed:
-                self.lib.refresh_agreement()
-                self.lib.sync_indices(save=True)
-            summary.elapsed = time.monotonic() - t0
-            self.local._finish_run(run_id, summary)
+                    self._ingest(res, work, summary)
+                    used_files.add(f)
+                    f.unlink(missing_ok=True)
+                    self.stats.shards_reused += 1
+                    self.stats.rows_reused += len(res)
+                    ingested(len(res), work[res[-1]["key"]].path)
+                # 2. shard files that matched nothing are stale (ingested before a kill, or outdated)
+                for f in {f for f, _ in existing.values()} - used_files:
+                    f.unlink(missing_ok=True)
+                    self.stats.stale_files_removed += 1
+                # 3. compute the rest on the cluster, shard by shard
+                rest = [r for r in rows if r["key"] not in existing]
+                shard_of = {r["key"]: i // self.options.shard_size for i, r in enumerate(rest)}
+                sizes: dict[int, int] = {}
+                for s in shard_of.values():
+                    sizes[s] = sizes.get(s, 0) + 1
+                buffers: dict[int, list[dict]] = {}
+                if rest and not cancel.is_set():
+                    for b in self._compute(rest, ensure_ray):
+                        cols = list(b)
+                        for j in range(len(b["key"])):
+                            r = {c: _py(b[c][j]) for c in cols}
+                            s = shard_of[r["key"]]
+                            buffers.setdefault(s, []).append(r)
+                            if len(buffers[s]) == sizes[s]:
+                                done_rows = buffers.pop(s)
+                                path = self._write_shard(done_rows)
+                                emit(Progress("shard written", prog.done, prog.total, prog.failed, prog.skipped, prog.elapsed, str(path)))
+                                self._ingest(done_rows, work, summary)
+                                path.unlink(missing_ok=True)
+                                self.stats.shards_computed += 1
+                                self.stats.rows_computed += len(done_rows)
+                                ingested(len(done_rows), work[done_rows[-1]["key"]].path)
+                        if cancel.is_set():
+                            break
+                failed = False
+            finally:
+                summary.cancelled = cancel.is_set()
+                emit(Progress("saving", prog.done, prog.total, prog.failed, prog.skipped, prog.elapsed))
+                try:
+                    self.lib.sync_indices(save=True)
+                    if summary.indexed or summary.removed or self.lib.agreement_stale():
+                        self.lib.refresh_agreement()
+                        self.lib.sync_indices(save=True)
+                except BaseException:
+                    failed = True
+                    raise
+                finally:
+                    summary.elapsed = time.monotonic() - t0
+                    self.local._finish_run(run_id, summary, failed)
             emit(Progress("done", prog.done, prog.total, prog.failed, prog.skipped, prog.elapsed))
             return summary
         finally:
