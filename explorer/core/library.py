@@ -95,6 +95,7 @@ class Library:
         self._indices: dict[str, VectorStore] = {}
         self._indices_lock = threading.RLock()  # GUI workers may ask for an index at the same time
         self.writer_lock = WriterLock(self.dir)
+        self._whitening: tuple[str, wht.Whitening | None] | None = None  # (model id, loaded whitening)
 
     # -- writing ----------------------------------------------------------------------------
     @property
@@ -125,7 +126,6 @@ class Library:
         with self.store.Session.begin() as s:
             for r in s.scalars(select(RunRow).where(RunRow.status == "running")):
                 r.status = "interrupted"
-        self._whitening: tuple[str, wht.Whitening | None] | None = None  # (model id, loaded whitening)
 
     # model facts come from the loaded models, so they are loaded lazily
     @property

@@ -92,7 +92,7 @@ def validate_config(cfg, tensors: dict, where: str = "fusion head") -> None:
     """Refuse a configuration outside sane bounds or not matching ``tensors``, allocating nothing."""
     import torch
 
-    from .head import FusionHead
+    from .head import BASES, FusionHead
 
     def bad(why: str):
         return ExplorerError(f"{where}: the head configuration in the file is invalid ({why})")
@@ -108,9 +108,14 @@ def validate_config(cfg, tensors: dict, where: str = "fusion head") -> None:
         raise bad(f"d_model {cfg.d_model} is not a multiple of n_heads {cfg.n_heads}")
     if not isinstance(cfg.dropout, (int, float)) or not 0.0 <= cfg.dropout < 1.0:
         raise bad(f"dropout = {cfg.dropout!r}, expected a number in [0, 1)")
-    for name in ("use_caption", "skip"):
-        if not isinstance(getattr(cfg, name), bool):
-            raise bad(f"{name} must be true or false")
+    if not isinstance(cfg.use_caption, bool):
+        raise bad("use_caption must be true or false")
+    if cfg.base not in BASES:
+        raise bad(f"base = {cfg.base!r}, expected one of {', '.join(BASES)}")
+    for name in ("alpha", "token_dropout"):
+        v = getattr(cfg, name)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0.0 <= v <= 1.0:
+            raise bad(f"{name} = {v!r}, expected a number in [0, 1]")
     try:
         with torch.device("meta"):
             shapes = {k: tuple(v.shape) for k, v in FusionHead(cfg).state_dict().items()}
