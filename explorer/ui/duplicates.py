@@ -16,6 +16,7 @@ from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import (QCheckBox, QDialog, QDoubleSpinBox, QHBoxLayout, QLabel, QProgressBar, QPushButton,
                                QTreeWidget, QTreeWidgetItem, QVBoxLayout)
 
+from .task_panel import TaskPanelMixin
 from ..core.duplicates import DEFAULT_K, DEFAULT_THRESHOLD, DuplicateReport, find_duplicates
 from .view_context import ViewContext
 
@@ -23,7 +24,7 @@ PathRole = Qt.ItemDataRole.UserRole + 21
 ICON = 56
 
 
-class DuplicatesDialog(QDialog):
+class DuplicatesDialog(TaskPanelMixin, QDialog):
     reportReady = Signal(object)  # DuplicateReport
     exclusionsChanged = Signal(object)  # set[int]
     queryRequested = Signal(str)
@@ -100,28 +101,7 @@ class DuplicatesDialog(QDialog):
             return find_duplicates(session.library, threshold=t, k=DEFAULT_K,
                                    progress=lambda msg, frac: worker.report((msg, frac), key=msg), cancel=worker.cancel)
 
-        self.find_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.progress.setValue(0)
-        self.progress.show()
-        self.worker = self.ctx.tasks.start(job, pass_worker=True, on_result=self.set_report, on_error=self._fail,
-                                           on_progress=self._on_progress, on_finished=self._on_finished, name="duplicates")
-
-    def cancel(self) -> None:
-        if self.worker is not None:
-            self.worker.cancel.set()
-            self.status.setText("cancelling…")
-
-    def _on_progress(self, value) -> None:
-        msg, frac = value
-        self.progress.setValue(int(max(0.0, min(1.0, float(frac))) * 1000))
-        self.status.setText(f"{msg}…")
-
-    def _on_finished(self) -> None:
-        self.worker = None
-        self.find_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        self.progress.hide()
+        self.start_task(job, self.set_report, self._fail, self.find_button, "duplicates")
 
     def _fail(self, msg: str) -> None:
         self.status.setText(msg)

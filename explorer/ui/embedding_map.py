@@ -20,6 +20,7 @@ from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QFrame, QHBoxLayout, QLabel, QListView, QProgressBar, QPushButton,
                                QSplitter, QVBoxLayout, QWidget)
 
+from .task_panel import TaskPanelMixin
 from ..core.projection import COLOUR_BY, REPRESENTATIONS, GalleryMap, gallery_map, umap_available
 from .delegates import GridDelegate
 from .models import GalleryModel, PathRole
@@ -105,7 +106,7 @@ class MapViewBox(pg.ViewBox):
             self._lasso = []
 
 
-class EmbeddingMapPanel(QWidget):
+class EmbeddingMapPanel(TaskPanelMixin, QWidget):
     queryRequested = Signal(str)  # image path
     selectionChanged = Signal(list, list)  # ids, paths
     mapReady = Signal(object)  # GalleryMap
@@ -266,29 +267,7 @@ class EmbeddingMapPanel(QWidget):
             return gallery_map(session.library, rep, method=method, head=head, use_cache=use_cache,
                                progress=lambda msg, frac: worker.report((msg, frac), key=msg), cancel=worker.cancel)
 
-        self.compute_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.progress.setValue(0)
-        self.progress.show()
-        self.status.setText("starting…")
-        self.worker = self.ctx.tasks.start(job, pass_worker=True, on_result=self.set_map, on_error=self._fail,
-                                           on_progress=self._on_progress, on_finished=self._on_finished, name="map")
-
-    def cancel(self) -> None:
-        if self.worker is not None:
-            self.worker.cancel.set()
-            self.status.setText("cancelling…")
-
-    def _on_progress(self, value) -> None:
-        msg, frac = value
-        self.progress.setValue(int(max(0.0, min(1.0, float(frac))) * 1000))
-        self.status.setText(f"{msg}…")
-
-    def _on_finished(self) -> None:
-        self.worker = None
-        self.compute_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        self.progress.hide()
+        self.start_task(job, self.set_map, self._fail, self.compute_button, "map")
 
     def _fail(self, msg: str) -> None:
         self.status.setText(msg)

@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDia
                                QHeaderView, QLabel, QLineEdit, QProgressBar, QPushButton, QSizePolicy, QSplitter,
                                QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
+from .task_panel import TaskPanelMixin
 from ..core.fusion import DEFAULT_ALPHA
 
 GT_FORMATS = [
@@ -36,7 +37,7 @@ def _fmt(v) -> str:
     return "n/a" if not math.isfinite(v) else f"{v:.3f}"
 
 
-class EvaluationPanel(QWidget):
+class EvaluationPanel(TaskPanelMixin, QWidget):
     finished = Signal(object)  # the EvaluationReport
     failed = Signal(str)
     exported = Signal(list)  # paths written
@@ -241,13 +242,7 @@ class EvaluationPanel(QWidget):
                                     progress=lambda msg, frac: worker.report((msg, frac), key=msg), cancel=worker.cancel)
             return report, report.figure()
 
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.progress.setValue(0)
-        self.progress.show()
-        self.status.setText("starting…")
-        self.worker = self.ctx.tasks.start(job, pass_worker=True, on_result=self._on_done, on_error=self._fail,
-                                            on_progress=self._on_progress, on_finished=self._on_finished, name="evaluate")
+        self.start_task(job, self._on_done, self._fail, self.run_button, "evaluate")
 
     def add_section(self, widget) -> None:
         """Add a view of the report under the plot and metrics (e.g. the per-query table)."""
@@ -259,22 +254,6 @@ class EvaluationPanel(QWidget):
         self.exclude_ids = set(int(i) for i in ids)
         self.status.setText(f"{len(self.exclude_ids)} duplicate images will be left out of the evaluation"
                             if self.exclude_ids else "all images are evaluated")
-
-    def cancel(self) -> None:
-        if self.worker is not None:
-            self.worker.cancel.set()
-            self.status.setText("cancelling…")
-
-    def _on_progress(self, value) -> None:
-        msg, frac = value
-        self.progress.setValue(int(max(0.0, min(1.0, float(frac))) * 1000))
-        self.status.setText(f"{msg}…" if msg != "done" else "done")
-
-    def _on_finished(self) -> None:
-        self.worker = None
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        self.progress.hide()
 
     def _fail(self, msg: str) -> None:
         self.status.setText(msg)
