@@ -152,6 +152,19 @@ class ScanResult:
     outside_links: list[bytes] = field(default_factory=list)
 
 
+def resolve_roots(folders) -> list[bytes]:
+    """The folders to index as real paths (OS bytes); a missing or unreadable one is a one-line error."""
+    roots = []
+    for f in folders:
+        b = os.fsencode(os.path.realpath(os.path.expanduser(os.fsdecode(f) if isinstance(f, bytes) else str(f))))
+        if not os.path.isdir(b):
+            raise ExplorerError(f"not a folder: {display(b)}")
+        if not os.access(b, os.R_OK | os.X_OK):
+            raise ExplorerError(f"folder is not readable (permission denied): {display(b)}")
+        roots.append(b)
+    return roots
+
+
 def _inside(path: bytes, roots: list[bytes]) -> bool:
     return any(path == r or path.startswith(r.rstrip(b"/") + b"/") for r in roots)
 
@@ -459,14 +472,7 @@ class Indexer:
         cancel = cancel or threading.Event()
         summary = IndexSummary()
         emit = progress or (lambda p: None)
-        roots = []
-        for f in folders:
-            b = os.fsencode(os.path.realpath(os.path.expanduser(os.fsdecode(f) if isinstance(f, bytes) else str(f))))
-            if not os.path.isdir(b):
-                raise ExplorerError(f"not a folder: {display(b)}")
-            if not os.access(b, os.R_OK | os.X_OK):
-                raise ExplorerError(f"folder is not readable (permission denied): {display(b)}")
-            roots.append(b)
+        roots = resolve_roots(folders)
         emit(Progress("loading models"))
         detector, captioner, image_enc, text_enc = self._models()
         self._record_models()

@@ -52,7 +52,7 @@ from ..captions import CaptionsFile
 from ..config import Settings
 from ..errors import ExplorerError
 from ..models.base import Caption, Detection
-from ..pipeline import Decoded, Indexer, IndexSummary, Progress, Work, caption_to_embed, display, scan
+from ..pipeline import Decoded, Indexer, IndexSummary, Progress, Work, caption_to_embed, display, resolve_roots, scan
 
 ROLES = ("detector", "captioner", "image", "text")
 #: roles whose backends run torch and so benefit from a GPU (the default detector runs in OpenCV)
@@ -439,14 +439,7 @@ class RayIndexer:
         cancel = cancel or threading.Event()
         emit = progress or (lambda p: None)
         summary = IndexSummary()
-        roots = []
-        for f in folders:
-            b = os.fsencode(os.path.realpath(os.path.expanduser(os.fsdecode(f) if isinstance(f, bytes) else str(f))))
-            if not os.path.isdir(b):
-                raise ExplorerError(f"not a folder: {display(b)}")
-            if not os.access(b, os.R_OK | os.X_OK):
-                raise ExplorerError(f"folder is not readable (permission denied): {display(b)}")
-            roots.append(b)
+        roots = resolve_roots(folders)
         started = False
 
         def ensure_ray() -> None:  # only when there is something to compute: a rerun with nothing to do needs no cluster
