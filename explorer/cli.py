@@ -289,11 +289,9 @@ def cmd_check(args) -> int:
         print("\n".join(lines) if lines else "library is consistent: database and indices agree")
         if lines and not report.saved:
             print("read-only library: the repairs above were made in memory only")
-        from .core.store import ImageRow
-        from sqlalchemy import func, select
+        from .core.catalog import Catalog
 
-        with lib.store.session() as s:
-            counts = dict(s.execute(select(ImageRow.status, func.count()).group_by(ImageRow.status)).all())
+        counts = Catalog(lib.store).status_counts()
         print(f"images: {counts.get('ok', 0)} indexed, {counts.get('error', 0)} with errors")
         what = "all vectors" if args.full else "a sample of vectors"
         print(f"database: {'integrity_check' if args.full else 'quick_check'} ok; {what} compared with the indices "
@@ -420,10 +418,10 @@ def storage_error(e: BaseException) -> str | None:
     """One line for a storage failure (full disk, read-only media, damaged database), else None."""
     import errno
 
-    from sqlalchemy.exc import DBAPIError
+    from .core.store import database_error_line
 
-    if isinstance(e, DBAPIError):
-        first = str(e.orig).splitlines()[0] if e.orig is not None else str(e).splitlines()[0]
+    first = database_error_line(e)
+    if first is not None:
         if "malformed" in first or "not a database" in first:
             return f"the library database is damaged ({first}); run `explorer check --full`, restore library.sqlite from a backup"
         if "full" in first or "readonly" in first or "disk I/O" in first or "unable to open" in first:

@@ -130,21 +130,17 @@ def cmd_caption(args) -> int:
     import json
     import os
 
-    from sqlalchemy import select
-
     from .cli import open_library, settings_from
     from .core.captions.explain import explain_image
     from .core.edits import active_caption, set_user_caption
     from .core.errors import ExplorerError
-    from .core.store import ImageRow
+    from .core.catalog import Catalog
 
     settings = settings_from(args)
     has_lib = os.path.isfile(os.path.join(os.path.expanduser(settings.library), "library.sqlite"))
     if args.text is not None or not os.path.isfile(args.image):
         lib = open_library(args, settings, must_exist=True)
-        key = os.fsencode(os.path.realpath(args.image))
-        with lib.store.session() as s:
-            iid = s.scalar(select(ImageRow.id).where(ImageRow.path_key == key))
+        iid = Catalog(lib.store).image_id(args.image)
         if iid is None:
             raise ExplorerError(f"{args.image} is not in the library at {lib.dir}; index its folder first")
         if args.text is not None:

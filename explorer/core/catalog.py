@@ -86,9 +86,48 @@ class Catalog:
                     out[k] = iid
         return out
 
+    def image_statuses(self, paths) -> dict[bytes, tuple[int, str]]:
+        """``{path_key: (image id, status)}`` for those of ``paths`` that are in the library, indexed or failed."""
+        keys = list({path_key(p) for p in paths})
+        out: dict[bytes, tuple[int, str]] = {}
+        with self.store.session() as s:
+            for i in range(0, len(keys), 500):
+                q = select(ImageRow.path_key, ImageRow.id, ImageRow.status).where(ImageRow.path_key.in_(keys[i:i + 500]))
+                for k, iid, status in s.execute(q):
+                    out[k] = (iid, status)
+        return out
+
     # -- browsing ----------------------------------------------------------------------------
     def count_images(self, status: str | None = "ok") -> int:
         return self.store.count_images(status)
+
+    def status_counts(self) -> dict[str, int]:
+        """``{status: number of images}`` over the whole library (``ok``, ``error``)."""
+        with self.store.session() as s:
+            return {st: int(n) for st, n in s.execute(select(ImageRow.status, func.count()).group_by(ImageRow.status)).all()}
+
+    def result_meta(self, ids) -> dict[int, dict]:
+        """What a result list shows of each of ``ids`` that is in the library: ``{id: {"path", "w", "h",
+        "agreement", "caption", "detections"}}``; ``caption`` is the active ``ComposedCaption`` or None,
+        ``detections`` a list of ``(label, score, box)``."""
+        ids = [int(i) for i in ids]
+        out: dict[int, dict] = {}
+        if not ids:
+            return out
+        with self.store.session() as s:
+            for iid, path, w, h, agreement in s.execute(select(ImageRow.id, ImageRow.path, ImageRow.width, ImageRow.height,
+                                                               ImageRow.caption_agreement).where(ImageRow.id.in_(ids))):
+                out[iid] = {"path": path, "w": w, "h": h, "agreement": agreement, "caption": None, "detections": []}
+            caps: dict[int, list[CaptionRow]] = {}
+            for c in s.scalars(select(CaptionRow).where(CaptionRow.image_id.in_(ids))):
+                caps.setdefault(c.image_id, []).append(c)
+            for iid, cs in caps.items():
+                if iid in out:
+                    out[iid]["caption"] = compose(cs)
+            for d in s.scalars(select(DetectionRow).where(DetectionRow.image_id.in_(ids))):
+                if d.image_id in out:
+                    out[d.image_id]["detections"].append((d.label, d.score, d.box))
+        return out
 
     def gallery_items(self, prefix: str | None) -> tuple[list[int], list[str]]:
         """Ids and paths of indexed images under the folder ``prefix`` (all when None), in indexing order."""

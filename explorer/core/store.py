@@ -409,6 +409,15 @@ class Store:
         self.engine.dispose()
 
 
+def database_error_line(e: BaseException) -> str | None:
+    """The first line of the database driver's message when ``e`` is a database error, else None."""
+    from sqlalchemy.exc import DBAPIError
+
+    if not isinstance(e, DBAPIError):
+        return None
+    return str(e.orig).splitlines()[0] if e.orig is not None else str(e).splitlines()[0]
+
+
 def valid_vector_rows(rows, dim: int | None = None) -> tuple[list, dict[int, str]]:
     """Split ``(image_id, dim, data, ...)`` rows into the usable ones and ``{image_id: reason}``.
 
