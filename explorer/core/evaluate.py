@@ -27,8 +27,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from sqlalchemy import select
-
 from . import fusion
 from . import rerank as rr
 from .errors import BadGroundTruth, Cancelled, ExplorerError
@@ -45,7 +43,7 @@ from .evaluation import (
 )
 from .evaluation.groundtruth import GroundTruth
 from .library import GalleryVectors, Library
-from .store import ImageRow
+from .catalog import Catalog, path_key
 
 EVAL_MODES = ("image", "fused", "caption")
 SWEEP_ALPHAS = tuple(round(a, 2) for a in np.linspace(0.0, 1.0, 11))
@@ -116,14 +114,14 @@ def _match(gt: GroundTruth, lib: Library) -> tuple[dict[Path, int], list[str]]:
     wanted = {it.path for it in gt.items}
     found: dict[Path, int] = {}
     failed = 0
-    with lib.store.session() as s:
-        for iid, path_key, status in s.execute(select(ImageRow.id, ImageRow.path_key, ImageRow.status)):
-            p = Path(os.fsdecode(path_key))
-            if p in wanted:
-                if status == "ok":
-                    found[p] = iid
-                else:
-                    failed += 1
+    known = Catalog(lib.store).image_statuses(wanted)
+    for p in wanted:
+        hit = known.get(path_key(p))
+        if hit is not None:
+            if hit[1] == "ok":
+                found[p] = hit[0]
+            else:
+                failed += 1
     warnings = []
     missing = len(wanted) - len(found) - failed
     if not found:

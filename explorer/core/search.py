@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import select
-
 from . import fusion
 from . import rerank as rr
 from .errors import BadImage, BadQuery
@@ -35,7 +33,6 @@ from .library import Library
 from .models.base import Caption, Detection, l2_normalise
 from .captions.sources import compose
 from .catalog import Catalog
-from .store import CaptionRow, DetectionRow, ImageRow
 
 MODES = ("image", "fused", "caption")
 DEFAULT_K = 10
@@ -311,30 +308,21 @@ class Searcher:
     def _ids_of_path(self, path: str | None) -> set[int]:
         if not path:
             return set()
-        import os
-
-        with self.lib.store.session() as s:
-            return set(s.scalars(select(ImageRow.id).where(ImageRow.path_key == os.fsencode(path))))
+        iid = Catalog(self.lib.store).image_id(path)
+        return set() if iid is None else {iid}
 
     def _fetch_meta(self, ids: list[int]) -> dict[int, dict]:
         out: dict[int, dict] = {i: {"path": "", "caption": "", "source": "", "weight": 0.0, "detections": [], "w": None, "h": None} for i in ids}
         if not ids:
             return out
-        with self.lib.store.session() as s:
-            agreement = {}
-            for r in s.execute(select(ImageRow.id, ImageRow.path, ImageRow.width, ImageRow.height, ImageRow.caption_agreement).where(ImageRow.id.in_(ids))):
-                out[r[0]].update(path=r[1], w=r[2], h=r[3])
-                agreement[r[0]] = r[4]
-            rows: dict[int, list[CaptionRow]] = {}
-            for c in s.scalars(select(CaptionRow).where(CaptionRow.image_id.in_(ids))):
-                rows.setdefault(c.image_id, []).append(c)
-            for i, cs in rows.items():
-                c = compose(cs)
-                if c is not None:
-                    out[i].update(caption=c.text, source=c.source, parts=c.parts,
-                                  weight=fusion.caption_weight(c.source, c.confidence, agreement.get(i)))
-            for d in s.scalars(select(DetectionRow).where(DetectionRow.image_id.in_(ids))):
-                out[d.image_id]["detections"].append({"label": d.label, "score": round(d.score, 4), "box": [round(v, 1) for v in d.box]})
+        for i, m in Catalog(self.lib.store).result_meta(ids).items():
+            out[i].update(path=m["path"], w=m["w"], h=m["h"])
+            c = m["caption"]
+            if c is not None:
+                out[i].update(caption=c.text, source=c.source, parts=c.parts,
+                              weight=fusion.caption_weight(c.source, c.confidence, m["agreement"]))
+            out[i]["detections"].extend({"label": label, "score": round(score, 4), "box": [round(v, 1) for v in box]}
+                                        for label, score, box in m["detections"])
         return out
 
     def rank(self, pq: PreparedQuery, pool: "CandidatePool", mode: str, k: int, alpha: float, rerank: str = "none") -> ModeResult:
