@@ -19,7 +19,6 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -131,10 +130,8 @@ def labelled_features(library, gt, use_boxes: bool, progress=None, cancel=None) 
     ``gt`` is a spec string or a ``GroundTruth``. Raises ``ExplorerError`` when ground-truth
     images are not in the library, or the ground truth has no labels.
     """
-    from sqlalchemy import select
-
+    from ..catalog import Catalog, path_key
     from ..evaluation import load_ground_truth
-    from ..store import ImageRow
 
     if isinstance(gt, (str, os.PathLike)):
         gt = load_ground_truth(gt)
@@ -145,17 +142,15 @@ def labelled_features(library, gt, use_boxes: bool, progress=None, cancel=None) 
     if not items:
         raise ExplorerError(f"the ground truth '{gt.spec or gt.name}' has no labelled images")
     notes: list[str] = []
-    with library.store.session() as s:
-        rows = s.execute(select(ImageRow.id, ImageRow.path_key, ImageRow.status)).all()
-    by_path = {Path(os.path.realpath(os.fsdecode(r[1]))): (r[0], r[2]) for r in rows}
-    missing = [it.path for it in items if Path(os.path.realpath(it.path)) not in by_path]
+    by_key = Catalog(library.store).image_statuses(it.path for it in items)
+    missing = [it.path for it in items if path_key(it.path) not in by_key]
     if missing:
         raise ExplorerError(f"{len(missing)} of {len(items)} ground-truth images are not in the library at {library.dir} "
                             f"(e.g. {missing[0]}): index them first with `explorer index FOLDER --library {library.dir}`")
     id_label: dict[int, str] = {}
     bad = 0
     for it in items:
-        iid, status = by_path[Path(os.path.realpath(it.path))]
+        iid, status = by_key[path_key(it.path)]
         if status != "ok":
             bad += 1
             continue
