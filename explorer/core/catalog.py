@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 
 from .errors import ExplorerError
 from .captions.sources import JOIN, caption_rank, compose
-from .store import CaptionRow, DetectionRow, ImageRow, Store
+from .store import BoxMetaRow, CaptionRow, DetectionRow, ImageRow, Store, VectorRow
 
 
 def path_key(path: str | bytes | os.PathLike) -> bytes:
@@ -193,6 +193,58 @@ class Catalog:
         """The active (composed) caption of an image, or None."""
         with self.store.session() as s:
             return compose(list(s.scalars(select(CaptionRow).where(CaptionRow.image_id == int(image_id)))))
+
+    # -- learned fusion's box-feature cache --------------------------------------------------
+    @staticmethod
+    def _box_cache_state(s, model_id: str, feature_id: str, image_ids) -> tuple[dict[int, int], set[int]]:
+        q = select(VectorRow.image_id, VectorRow.seq).join(ImageRow).where(
+            VectorRow.kind == "image", VectorRow.model_id == model_id, ImageRow.status == "ok")
+        wanted = None if image_ids is None else {int(i) for i in image_ids}
+        seqs = {r[0]: r[1] for r in s.execute(q).all() if wanted is None or r[0] in wanted}
+        meta = {r.image_id: (r.image_seq, r.detector_model) for r in s.scalars(select(BoxMetaRow).where(BoxMetaRow.feature_id == feature_id))}
+        have_vec = set(s.scalars(select(VectorRow.image_id).where(VectorRow.kind == "boxes", VectorRow.model_id == feature_id)))
+        det = dict(s.execute(select(ImageRow.id, ImageRow.detector_model)).all())
+        valid = {i for i, seq in seqs.items()
+                 if i in meta and i in have_vec and meta[i][0] == seq and meta[i][1] == det.get(i)}
+        return seqs, valid
+
+    def box_cache_plan(self, model_id: str, feature_id: str, image_ids=None) -> tuple[dict[int, int], set[int], dict[int, tuple]]:
+        """For the ok images with an image vector of ``model_id`` (those of ``image_ids`` when given):
+        ``(seqs, valid, files)``: ``{id: image vector seq}``, the ids whose cached box features
+        ``feature_id`` are current, and ``{id: (path_key, size, mtime_ns, detector_model)}`` of the others."""
+        with self.store.session() as s:
+            seqs, valid = self._box_cache_state(s, model_id, feature_id, image_ids)
+            need = set(seqs) - valid
+            files = {}
+            if need:
+                q = select(ImageRow.id, ImageRow.path_key, ImageRow.size, ImageRow.mtime_ns, ImageRow.detector_model).where(ImageRow.status == "ok")
+                files = {r[0]: (r[1], r[2], r[3], r[4]) for r in s.execute(q).all() if r[0] in need}
+        return seqs, valid, files
+
+    def box_cache_entries(self, model_id: str, feature_id: str, image_ids) -> tuple[dict[int, tuple[int, str, str, str]], list[tuple[int, bytes]]]:
+        """The current cached box features of ``image_ids``: ``({id: (n, labels_json, scores_json,
+        boxes_json)}, [(id, vector bytes)])`` (the vector list may hold ids without current metadata)."""
+        ids = [int(i) for i in image_ids]
+        pos = set(ids)
+        with self.store.session() as s:
+            _seqs, valid = self._box_cache_state(s, model_id, feature_id, ids)
+            metas = {r.image_id: (r.n, r.labels, r.scores, r.boxes)
+                     for r in s.scalars(select(BoxMetaRow).where(BoxMetaRow.feature_id == feature_id)) if r.image_id in valid and r.image_id in pos}
+            q = select(VectorRow.image_id, VectorRow.data).where(VectorRow.kind == "boxes", VectorRow.model_id == feature_id)
+            if len(pos) <= 20000:
+                q = q.where(VectorRow.image_id.in_(ids))
+            vecs = [(r[0], r[1]) for r in s.execute(q).all()]
+        return metas, vecs
+
+    def detections(self, image_ids) -> dict[int, list[tuple[str, float, tuple[float, float, float, float]]]]:
+        """``{id: [(label, score, box)]}`` for each of ``image_ids`` (an empty list where none)."""
+        ids = [int(i) for i in image_ids]
+        out: dict[int, list] = {i: [] for i in ids}
+        if ids:
+            with self.store.session() as s:
+                for r in s.scalars(select(DetectionRow).where(DetectionRow.image_id.in_(ids))):
+                    out[r.image_id].append((r.label, r.score, r.box))
+        return out
 
 
 __all__ = ["Catalog", "ImageInfo", "path_key", "real_folder"]

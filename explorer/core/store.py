@@ -174,6 +174,24 @@ class RunRow(Base):
     n_removed: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class BoxMetaRow(Base):
+    """Labels, scores and normalised boxes belonging to one cached ``boxes`` vector (learned fusion's
+    box features, ``learned.features``); the table is created on first use."""
+
+    __tablename__ = "learned_boxes"
+
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    feature_id: Mapped[str] = mapped_column(String(240), primary_key=True)
+    #: ``seq`` of the image vector when the features were computed (changes on re-indexing).
+    image_seq: Mapped[int] = mapped_column(Integer)
+    detector_model: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    n: Mapped[int] = mapped_column(Integer)
+    labels: Mapped[str] = mapped_column(Text, default="[]")
+    scores: Mapped[str] = mapped_column(Text, default="[]")
+    boxes: Mapped[str] = mapped_column(Text, default="[]")
+    created_at: Mapped[float] = mapped_column(Float, default=0.0)
+
+
 class Meta(Base):
     __tablename__ = "meta"
 
@@ -404,6 +422,28 @@ class Store:
             cap = s.execute(select(func.count(CaptionRow.id), func.max(CaptionRow.id))).one()
             agr = s.get(Meta, "agreement_version")
         return f"{n}-{hi}-{seq}-{cap[0]}-{cap[1]}-{agr.value if agr else 0}"
+
+    # -- learned fusion's box-feature cache ----------------------------------------------------
+    def ensure_box_table(self) -> None:
+        """Create the ``learned_boxes`` table if this database lacks it."""
+        BoxMetaRow.__table__.create(self.engine, checkfirst=True)
+
+    def write_box_features(self, feature_id: str, entries) -> None:
+        """Store box features in one transaction. ``entries``: ``(image_id, image_seq, detector_model,
+        data, dim, n, labels_json, scores_json, boxes_json, created_at)``; images deleted meanwhile are skipped."""
+        with self.Session.begin() as s:
+            seq = self.next_seq(s)
+            for image_id, image_seq, detector, data, dim, n, labels, scores, boxes, created_at in entries:
+                if s.get(ImageRow, image_id) is None:
+                    continue  # deleted meanwhile
+                row = s.scalar(select(VectorRow).where(VectorRow.image_id == image_id, VectorRow.kind == "boxes", VectorRow.model_id == feature_id))
+                if row is None:
+                    s.add(VectorRow(image_id=image_id, kind="boxes", model_id=feature_id, dim=dim, data=data, seq=seq))
+                else:
+                    row.data, row.dim, row.seq = data, dim, seq
+                seq += 1
+                s.merge(BoxMetaRow(image_id=image_id, feature_id=feature_id, image_seq=image_seq, detector_model=detector, n=n,
+                                   labels=labels, scores=scores, boxes=boxes, created_at=created_at))
 
     def close(self) -> None:
         self.engine.dispose()

@@ -14,10 +14,12 @@ Per ok image the head sees three inputs, none of which needs a model at training
 The box features are cached as ``VectorRow(kind="boxes", model_id=box_feature_id(...))``
 holding an ``(n, 1280)`` float32 matrix (``n`` may be 0: "computed, nothing detected"), and
 their labels, scores and normalised boxes in the small table ``learned_boxes`` (one row per
-image and feature id, created on first use in the same database). A cache entry is valid
+image and feature id, in the library database). A cache entry is valid
 only while the image vector it was computed alongside (its ``seq``) and the detector that
 produced the boxes are unchanged, so re-indexed images are recomputed automatically.
-Deleting an image deletes both (foreign keys cascade).
+Deleting an image deletes both (foreign keys cascade). The table (``store.BoxMetaRow``) lives
+with the store, which creates it with the others; this module reads the cache through named
+``Catalog`` queries and writes it with ``Store.write_box_features``, and speaks no SQL itself.
 """
 
 from __future__ import annotations
@@ -31,13 +33,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import Float, ForeignKey, Integer, String, Text, select
-from sqlalchemy.orm import Mapped, mapped_column
-
 from ..errors import BadImage, Cancelled, ExplorerError
 from ..imageio import load_image
 from ..models.base import Detection
-from ..store import Base, DetectionRow, ImageRow, VectorRow
+from ..catalog import Catalog
+from ..store import BoxMetaRow  # noqa: F401  (the cache's table lives with the store; re-exported)
 
 FEATURE_VERSION = "roi-v1"
 MAX_BOXES = 8
@@ -48,23 +48,6 @@ GEM_P = 3.0
 GEOM_DIM = 6
 BOX_DIM = 1280
 BATCH = 16
-
-
-class BoxMetaRow(Base):
-    """Labels, scores and normalised boxes belonging to one cached ``boxes`` vector."""
-
-    __tablename__ = "learned_boxes"
-
-    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
-    feature_id: Mapped[str] = mapped_column(String(240), primary_key=True)
-    #: ``seq`` of the image vector when the features were computed (changes on re-indexing).
-    image_seq: Mapped[int] = mapped_column(Integer)
-    detector_model: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    n: Mapped[int] = mapped_column(Integer)
-    labels: Mapped[str] = mapped_column(Text, default="[]")
-    scores: Mapped[str] = mapped_column(Text, default="[]")
-    boxes: Mapped[str] = mapped_column(Text, default="[]")
-    created_at: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 def box_feature_id(image_model_id: str) -> str:
@@ -83,7 +66,7 @@ def box_support(library) -> tuple[bool, str]:
 
 
 def ensure_table(store) -> None:
-    BoxMetaRow.__table__.create(store.engine, checkfirst=True)
+    store.ensure_box_table()
 
 
 # ---------------------------------------------------------------------------------------
@@ -206,23 +189,6 @@ class _Todo:
     detector: str | None
 
 
-def _image_vector_seqs(s, model_id: str, image_ids=None) -> dict[int, int]:
-    q = select(VectorRow.image_id, VectorRow.seq).join(ImageRow).where(
-        VectorRow.kind == "image", VectorRow.model_id == model_id, ImageRow.status == "ok")
-    rows = s.execute(q).all()
-    wanted = None if image_ids is None else {int(i) for i in image_ids}
-    return {r[0]: r[1] for r in rows if wanted is None or r[0] in wanted}
-
-
-def _valid_cache(s, feature_id: str, seqs: dict[int, int]) -> set[int]:
-    """Image ids whose cached box features are current."""
-    meta = {r.image_id: r for r in s.scalars(select(BoxMetaRow).where(BoxMetaRow.feature_id == feature_id))}
-    have_vec = set(s.scalars(select(VectorRow.image_id).where(VectorRow.kind == "boxes", VectorRow.model_id == feature_id)))
-    det = dict(s.execute(select(ImageRow.id, ImageRow.detector_model)).all())
-    return {i for i, seq in seqs.items()
-            if i in meta and i in have_vec and meta[i].image_seq == seq and meta[i].detector_model == det.get(i)}
-
-
 def ensure_box_features(
     library,
     image_ids: Sequence[int] | None = None,
@@ -242,14 +208,10 @@ def ensure_box_features(
     store = library.store
     ensure_table(store)
     report = CacheReport(enc.feature_id)
-    with store.session() as s:
-        seqs = _image_vector_seqs(s, library.image_model.model_id, image_ids)
-        valid = _valid_cache(s, enc.feature_id, seqs)
-        need = sorted(set(seqs) - valid)
-        wanted = set(need)
-        q = select(ImageRow.id, ImageRow.path_key, ImageRow.size, ImageRow.mtime_ns, ImageRow.detector_model).where(ImageRow.status == "ok")
-        rows = {r[0]: r for r in s.execute(q).all() if r[0] in wanted} if need else {}
-        todo = [_Todo(i, rows[i][1], rows[i][2], rows[i][3], seqs[i], rows[i][4]) for i in need if i in rows]
+    catalog = Catalog(store)
+    seqs, valid, rows = catalog.box_cache_plan(library.image_model.model_id, enc.feature_id, image_ids)
+    need = sorted(set(seqs) - valid)
+    todo = [_Todo(i, rows[i][0], rows[i][1], rows[i][2], seqs[i], rows[i][3]) for i in need if i in rows]
     report.cached = len(valid)
     total = len(todo)
     if progress:
@@ -274,11 +236,8 @@ def ensure_box_features(
             chunk = todo[start : start + BATCH]
             decoded = list(pool.map(decode, chunk))
             ids = [t.image_id for t, li, _ in decoded if li is not None]
-            dets: dict[int, list[Detection]] = {i: [] for i in ids}
-            with store.session() as s:
-                if ids:
-                    for r in s.scalars(select(DetectionRow).where(DetectionRow.image_id.in_(ids))):
-                        dets[r.image_id].append(Detection(r.label, r.score, r.box))
+            dets: dict[int, list[Detection]] = {i: [Detection(label, score, box) for label, score, box in found]
+                                                for i, found in catalog.detections(ids).items()}
             good, sel = [], []
             for t, li, err in decoded:
                 if li is None:
@@ -299,23 +258,11 @@ def ensure_box_features(
 def _write(store, feature_id, good, sel, feats) -> None:
     import time
 
-    with store.Session.begin() as s:
-        seq = store.next_seq(s)
-        for (t, _li), (labels, scores, boxes), f in zip(good, sel, feats):
-            if s.get(ImageRow, t.image_id) is None:
-                continue  # deleted meanwhile
-            data = np.ascontiguousarray(f, np.float32).tobytes()
-            row = s.scalar(select(VectorRow).where(VectorRow.image_id == t.image_id, VectorRow.kind == "boxes", VectorRow.model_id == feature_id))
-            if row is None:
-                s.add(VectorRow(image_id=t.image_id, kind="boxes", model_id=feature_id, dim=BOX_DIM, data=data, seq=seq))
-            else:
-                row.data, row.dim, row.seq = data, BOX_DIM, seq
-            seq += 1
-            s.merge(BoxMetaRow(
-                image_id=t.image_id, feature_id=feature_id, image_seq=t.seq, detector_model=t.detector, n=len(labels),
-                labels=json.dumps(labels), scores=json.dumps([round(float(v), 5) for v in scores]),
-                boxes=json.dumps(np.round(boxes, 5).tolist()), created_at=time.time(),
-            ))
+    store.write_box_features(feature_id, [
+        (t.image_id, t.seq, t.detector, np.ascontiguousarray(f, np.float32).tobytes(), BOX_DIM, len(labels),
+         json.dumps(labels), json.dumps([round(float(v), 5) for v in scores]), json.dumps(np.round(boxes, 5).tolist()), time.time())
+        for (t, _li), (labels, scores, boxes), f in zip(good, sel, feats)
+    ])
 
 
 # ---------------------------------------------------------------------------------------
@@ -365,29 +312,23 @@ def load_features(library, image_ids: Sequence[int] | None = None, use_boxes: bo
         store = library.store
         ensure_table(store)
         pos = {int(i): j for j, i in enumerate(gal.ids.tolist())}
-        with store.session() as s:
-            seqs = _image_vector_seqs(s, library.image_model.model_id, gal.ids.tolist())
-            valid = _valid_cache(s, feature_id, seqs)
-            metas = {r.image_id: r for r in s.scalars(select(BoxMetaRow).where(BoxMetaRow.feature_id == feature_id)) if r.image_id in valid and r.image_id in pos}
-            q = select(VectorRow.image_id, VectorRow.data).where(VectorRow.kind == "boxes", VectorRow.model_id == feature_id)
-            if len(pos) <= 20000:
-                q = q.where(VectorRow.image_id.in_(list(pos)))
-            vecs = s.execute(q).all()
+        metas, vecs = Catalog(store).box_cache_entries(library.image_model.model_id, feature_id, list(pos))
         for iid, data in vecs:
             m = metas.get(iid)
             if m is None:
                 continue
+            m_n, m_labels, m_scores, m_boxes = m
             f = np.frombuffer(data, np.float32).reshape(-1, BOX_DIM)[:b]
-            k = min(len(f), m.n, b)
+            k = min(len(f), m_n, b)
             if k == 0:
                 continue
             j = pos[iid]
-            sc = np.asarray(json.loads(m.scores), np.float32)[:k]
-            bx = np.asarray(json.loads(m.boxes), np.float32).reshape(-1, 4)[:k]
+            sc = np.asarray(json.loads(m_scores), np.float32)[:k]
+            bx = np.asarray(json.loads(m_boxes), np.float32).reshape(-1, 4)[:k]
             boxes[j, :k] = f[:k]
             mask[j, :k] = True
             geom[j, :k] = geometry(bx, sc)
-            labels[j] = list(json.loads(m.labels))[:k]
+            labels[j] = list(json.loads(m_labels))[:k]
     fs = FeatureSet(gal.ids.astype(np.int64), np.ascontiguousarray(gal.image, np.float32), np.ascontiguousarray(gal.caption, np.float32),
                     gal.weights.astype(np.float32), boxes, mask, geom, labels)
     return fs, report
