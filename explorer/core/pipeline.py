@@ -152,6 +152,21 @@ class ScanResult:
     outside_links: list[bytes] = field(default_factory=list)
 
 
+def save_run(lib, summary: "IndexSummary") -> None:
+    """The end of an indexing run (local or Ray): save the indices, refit the whitening when it is
+    due, and refresh caption agreement when neighbourhoods changed (or a kill interrupted the last
+    refresh); ``summary.whitening`` says what was refitted."""
+    lib.sync_indices(save=True)
+    refit = None if summary.cancelled else lib.whitening_due()
+    if refit:  # whitening is fitted on the library's own vectors (explorer.core.whitening)
+        w = lib.fit_whitening()
+        summary.whitening = f"whitening refitted ({refit}): {w.kind}, {w.stamp['n']} vectors, {w.out_dim}-d"
+        lib.sync_indices(save=True)
+    if summary.indexed or summary.removed or refit or lib.agreement_stale():
+        lib.refresh_agreement()
+        lib.sync_indices(save=True)
+
+
 def resolve_roots(folders) -> list[bytes]:
     """The folders to index as real paths (OS bytes); a missing or unreadable one is a one-line error."""
     roots = []
@@ -505,16 +520,7 @@ class Indexer:
             summary.cancelled = cancel.is_set()
             emit(Progress("saving", prog.done, prog.total, prog.failed, prog.skipped, prog.elapsed))
             try:
-                self.lib.sync_indices(save=True)
-                refit = None if summary.cancelled else self.lib.whitening_due()
-                if refit:  # whitening is fitted on the library's own vectors (explorer.core.whitening)
-                    w = self.lib.fit_whitening()
-                    summary.whitening = f"whitening refitted ({refit}): {w.kind}, {w.stamp['n']} vectors, {w.out_dim}-d"
-                    self.lib.sync_indices(save=True)
-                # neighbourhoods changed (or a kill interrupted the last refresh): caption weights follow
-                if summary.indexed or summary.removed or refit or self.lib.agreement_stale():
-                    self.lib.refresh_agreement()
-                    self.lib.sync_indices(save=True)
+                save_run(self.lib, summary)
             except BaseException:
                 failed = True
                 raise

@@ -52,7 +52,7 @@ from ..captions import CaptionsFile
 from ..config import Settings
 from ..errors import ExplorerError
 from ..models.base import Caption, Detection
-from ..pipeline import Decoded, Indexer, IndexSummary, Progress, Work, caption_to_embed, display, resolve_roots, scan
+from ..pipeline import Decoded, Indexer, IndexSummary, Progress, Work, caption_to_embed, display, resolve_roots, save_run, scan
 
 ROLES = ("detector", "captioner", "image", "text")
 #: roles whose backends run torch and so benefit from a GPU (the default detector runs in OpenCV)
@@ -530,10 +530,7 @@ class RayIndexer:
                 summary.cancelled = cancel.is_set()
                 emit(Progress("saving", prog.done, prog.total, prog.failed, prog.skipped, prog.elapsed))
                 try:
-                    self.lib.sync_indices(save=True)
-                    if summary.indexed or summary.removed or self.lib.agreement_stale():
-                        self.lib.refresh_agreement()
-                        self.lib.sync_indices(save=True)
+                    save_run(self.lib, summary)
                 except BaseException:
                     failed = True
                     raise
