@@ -1,110 +1,47 @@
-"""Subcommands for search, evaluation, captions and training (registered by ``explorer.cli``)."""
+"""Measuring and learning against ground truth: ``explorer eval`` (mAP, P@k, R@k per mode, α sweep,
+re-ranking, per-query comparison, PR plots), ``explorer import-gt`` (ground-truth captions and
+boxes into the library) and ``explorer train-fusion`` (a learned fusion head, with its k-fold check)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from .core.errors import BadQuery
-
-
-def parse_box(text: str | None):
-    if not text:
-        return None
-    try:
-        vals = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise BadQuery(f"--box needs four numbers x1,y1,x2,y2 in pixels, got '{text}'") from None
-    if len(vals) != 4:
-        raise BadQuery(f"--box needs four numbers x1,y1,x2,y2 in pixels, got '{text}'")
-    return vals
-
-
-def cmd_search(args) -> int:
-    from .cli import open_library
-    from .core.search import MODES, QuerySpec, Searcher
-
-    if not args.image and args.text is None:
-        raise BadQuery("give --image PATH, --text \"...\", or --image PATH --modify \"...\"")
-    if args.modify is not None and not args.image:
-        raise BadQuery("--modify needs --image (a composed query modifies an image)")
-    if args.image and args.text is not None:
-        raise BadQuery("use --text alone for text queries, or --image with --modify for composed queries")
-    modes = MODES if args.mode == "all" else tuple(m.strip() for m in args.mode.split(","))
-    lib = open_library(args, must_exist=True)
-    if args.alpha is not None:
-        if not 0.0 <= args.alpha <= 1.0:
-            raise BadQuery(f"--alpha must be in [0, 1], got {args.alpha}")
-    head = None
-    if args.head:
-        from .core.learned import load_head
-
-        head = load_head(args.head, lib)
-        if args.mode == "all":
-            modes = MODES + ("learned",)
-    searcher = Searcher(lib, head=head)
-    spec = QuerySpec(image=args.image, text=args.text, modifier=args.modify, box=parse_box(args.box), caption=args.caption)
-    res = searcher.search(spec, modes=modes, k=args.k, alpha=args.alpha, rerank=args.rerank)
-    if args.json:
-        print(json.dumps(res.to_dict(), indent=2, ensure_ascii=False))
-        return 0
-    q = res.query
-    print(f"query: {spec.kind}" + (f"  caption: {q.caption.text!r} ({q.caption.source}, weight {q.caption_weight:.2f})" if q.caption else ""))
-    if q.target_text:
-        print(f"target description: {q.target_text!r}")
-    if q.detections:
-        print("query objects: " + ", ".join(f"{d.label} {d.score:.2f}" for d in q.detections))
-    for mode, r in res.modes.items():
-        print(f"\n== {mode}" + (f" (rerank: {r.rerank})" if r.rerank != "none" else "") + (f"  [{r.note}]" if r.note else ""))
-        for h in r.hits:
-            others = " ".join(f"{m}:{'-' if v is None else v}" for m, v in h.other_ranks.items())
-            print(f"{h.rank:>3}. {h.score:.4f}  {h.path}  [{others}]")
-            if args.captions:
-                print(f"       {h.caption}")
-    for name, c in res.comparisons.items():
-        print(f"\n{name}: overlap@{args.k} {c['overlap_at_k']:.2f}, spearman {c['spearman']}")
-    return 0
+from ..core.errors import ExplorerError
+from .common import add_library_and_model_options, open_library, percent_progress
 
 
 def cmd_eval(args) -> int:
-    import sys
-
-    from .cli import open_library
-    from .core.evaluate import run_evaluation
+    from ..core.evaluate import run_evaluation
 
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     lib = open_library(args, must_exist=True)
     head = None
     if args.head:
-        from .core.learned.io import load_head
+        from ..core.learned.io import load_head
 
         head = load_head(args.head, lib)
         if "learned" not in modes:
             modes = modes + ("learned",)
 
-    def progress(msg, frac):
-        if not args.quiet:
-            print(f"[{frac * 100:5.1f}%] {msg}", file=sys.stderr)
-
     exclude = None
     if args.exclude_duplicates is not None:
-        from .core.duplicates import find_duplicates
+        from ..core.duplicates import find_duplicates
 
         dups = find_duplicates(lib, threshold=args.exclude_duplicates)
         exclude = dups.exclusions()
         print(f"duplicates: {len(dups.groups)} groups at cosine >= {dups.threshold:.3f}, {len(exclude)} images excluded", file=sys.stderr)
-    report = run_evaluation(lib, args.gt, modes=modes, alpha=args.alpha, rerank=args.rerank,
-                            alpha_sweep=args.alpha_sweep, progress=progress, learned_head=head, exclude_ids=exclude)
+    report = run_evaluation(lib, args.gt, modes=modes, alpha=args.alpha, rerank=args.rerank, alpha_sweep=args.alpha_sweep,
+                            progress=percent_progress(args.quiet), learned_head=head, exclude_ids=exclude)
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
     print("\n".join(report.summary_lines()))
     if args.per_query is not None:
-        from .core.per_query import compare_queries, default_pair
+        from ..core.per_query import compare_queries, default_pair
 
         pair = tuple(args.compare.split(",")) if args.compare else default_pair(m.mode for m in report.results)
         if pair is None or len(pair) != 2:
-            from .core.errors import ExplorerError
-
             raise ExplorerError("--per-query needs two evaluated modes (e.g. --modes image,fused, or --compare image,fused)")
         cmp = compare_queries(report, pair[0], pair[1], lib.store.active_captions())
         print(cmp.summary_line())
@@ -124,61 +61,9 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def cmd_caption(args) -> int:
-    """Show what every caption source says about an image and which caption is used; with a
-    text, set the user's own caption (the image must be in the library)."""
-    import json
-    import os
-
-    from .cli import open_library, settings_from
-    from .core.captions.explain import explain_image
-    from .core.edits import active_caption, set_user_caption
-    from .core.errors import ExplorerError
-    from .core.catalog import Catalog
-
-    settings = settings_from(args)
-    has_lib = os.path.isfile(os.path.join(os.path.expanduser(settings.library), "library.sqlite"))
-    if args.text is not None or not os.path.isfile(args.image):
-        lib = open_library(args, settings, must_exist=True)
-        iid = Catalog(lib.store).image_id(args.image)
-        if iid is None:
-            raise ExplorerError(f"{args.image} is not in the library at {lib.dir}; index its folder first")
-        if args.text is not None:
-            set_user_caption(lib, iid, args.text)
-        cap = active_caption(lib, iid)
-        print(f"{cap.text}  [{cap.source}]" if cap else "(no caption)")
-        return 0
-    lib = open_library(args, settings) if has_lib else None
-    try:
-        report = explain_image(args.image, settings, library=lib, run_models=not args.no_models)
-    finally:
-        if lib is not None:
-            lib.close()
-    if args.json:
-        print(json.dumps(report, indent=2, ensure_ascii=False))
-        return 0
-    a = report["active"]
-    print(f"{a['text']}  [{' + '.join(p[0] for p in a['parts'])}]" if a else "(no caption)")
-    if report["in_library"] and not args.sources:
-        return 0
-    where = "stored in the library" if report["in_library"] else "read now (not in the library)"
-    print(f"{report['path']}: {where}")
-    for part in report["sources"]:
-        state = "" if part["enabled"] else "  (source off)"
-        print(f"  {part['source']:<14}{part['text'] if part['text'] else '-'}{state}")
-        for d in part["details"]:
-            print(f"  {'':<16}{d}")
-    if a:
-        print(f"active: {a['source']} ({' + '.join(p[0] for p in a['parts'])}), weight {a['weight']}")
-    for n in report["notes"]:
-        print(f"  note: {n}")
-    return 0
-
-
 def cmd_import_gt(args) -> int:
-    from .cli import open_library
-    from .core.evaluation import load_ground_truth
-    from .core.gt_import import import_ground_truth
+    from ..core.evaluation import load_ground_truth
+    from ..core.gt_import import import_ground_truth
 
     lib = open_library(args, must_exist=True)
     gt = load_ground_truth(args.gt)
@@ -189,10 +74,7 @@ def cmd_import_gt(args) -> int:
 
 
 def cmd_train_fusion(args) -> int:
-    import sys
-
-    from .cli import open_library
-    from .core.learned import train_fusion
+    from ..core.learned import train_fusion
 
     lib = open_library(args, must_exist=True)
 
@@ -220,8 +102,7 @@ def cmd_train_fusion(args) -> int:
     print("\n".join(report.lines()))
     out = report.to_dict()
     if args.folds:
-        from .core.errors import ExplorerError
-        from .core.learned.experiment import run_kfold
+        from ..core.learned.experiment import run_kfold
 
         if args.folds < 2:
             raise ExplorerError(f"--folds needs at least 2 (or 0 to skip the k-fold check), got {args.folds}")
@@ -236,17 +117,14 @@ def cmd_train_fusion(args) -> int:
         print("\n".join(kf.table()))
         out["kfold"] = kf.to_dict()
     if args.json:
-        import json as _json
-
         with open(args.json, "w", encoding="utf-8") as f:
-            _json.dump(out, f, indent=2)
+            json.dump(out, f, indent=2)
     return 0
 
 
-def register(sub, add_library_option, add_model_options) -> None:
+def add_train_fusion(sub) -> None:
     s = sub.add_parser("train-fusion", help="train a learned fusion head on a labelled gallery (frozen backbones, cached features)")
-    add_library_option(s)
-    add_model_options(s)
+    add_library_and_model_options(s)
     s.add_argument("--gt", required=True, metavar="SPEC", help="labelled ground truth, e.g. folders:DIR")
     s.add_argument("--out", required=True, metavar="FILE.safetensors", help="where to save the head, e.g. models/fusion-shop.safetensors")
     s.add_argument("--epochs", type=int, default=30)
@@ -270,25 +148,18 @@ def register(sub, add_library_option, add_model_options) -> None:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_train_fusion)
 
-    s = sub.add_parser("caption", help="show an image's caption from every source and which is used, or set your own (\"\" removes your edit)")
-    add_library_option(s)
-    add_model_options(s)
-    s.add_argument("image", metavar="PATH")
-    s.add_argument("text", nargs="?", help="the new caption; \"\" removes your edit")
-    s.add_argument("--no-models", action="store_true", help="for a file not in the library: only sources that need no model")
-    s.add_argument("--sources", action="store_true", help="also print what every caption source says (always for files not in the library)")
-    s.add_argument("--json", action="store_true", help="print every source's part as JSON")
-    s.set_defaults(func=cmd_caption)
 
+def add_import_gt(sub) -> None:
     s = sub.add_parser("import-gt", help="use ground-truth captions and boxes (e.g. COCO) in the library")
-    add_library_option(s)
-    add_model_options(s)
+    add_library_and_model_options(s)
     s.add_argument("--gt", required=True, metavar="SPEC", help="coco:FILE (or any ground-truth spec with captions/boxes)")
     s.add_argument("--no-captions", action="store_true")
     s.add_argument("--no-boxes", action="store_true")
     s.set_defaults(func=cmd_import_gt)
 
-    from .core.duplicates import DEFAULT_THRESHOLD as DUP_THRESHOLD
+
+def add_eval(sub) -> None:
+    from ..core.duplicates import DEFAULT_THRESHOLD as DUP_THRESHOLD
 
     s = sub.add_parser("eval", help="evaluate image-only vs caption-fused retrieval against ground truth",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -296,8 +167,7 @@ def register(sub, add_library_option, add_model_options) -> None:
                                    "query,relevant[,ignore]), coco:FILE, deepfashion2:DIR.\n"
                                    "Example: explorer eval --gt folders:photos --modes image,fused,caption --alpha-sweep "
                                    "--plot pr.svg --plot pr.png --out metrics.json")
-    add_library_option(s)
-    add_model_options(s)
+    add_library_and_model_options(s)
     s.add_argument("--gt", required=True, metavar="SPEC", help="folders:DIR | csv:FILE | coco:FILE | deepfashion2:DIR")
     s.add_argument("--modes", default="image,fused,caption", help="comma list of image, fused, caption, learned")
     s.add_argument("--alpha", type=float, help="fusion weight (default: the library's)")
@@ -315,25 +185,3 @@ def register(sub, add_library_option, add_model_options) -> None:
                    help=f"leave out all but one image of each duplicate group (near-duplicate cosine >= T, default {DUP_THRESHOLD})")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_eval)
-
-    s = sub.add_parser("search", help="search the library by image, text, object box, or image + modifier",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Examples:\n  explorer search --image query.jpg --mode all --k 10\n"
-                                   "  explorer search --text \"a cat\" --mode caption\n"
-                                   "  explorer search --image dress.jpg --modify \"the same dress in red\"")
-    add_library_option(s)
-    add_model_options(s)
-    s.add_argument("--image", metavar="PATH", help="query image (anywhere on disk)")
-    s.add_argument("--text", metavar="TEXT", help="text query")
-    s.add_argument("--modify", metavar="TEXT", help="with --image: a sentence that modifies it (composed query)")
-    s.add_argument("--box", metavar="X1,Y1,X2,Y2", help="with --image: search with this object (pixel box)")
-    s.add_argument("--caption", metavar="TEXT", help="with --image: your own caption for the query image")
-    s.add_argument("--mode", default="all", help="image, fused, caption, a comma list, or all (default)")
-    s.add_argument("--k", type=int, default=10)
-    s.add_argument("--alpha", type=float, help="caption fusion weight in [0, 1] (default: the library's)")
-    s.add_argument("--rerank", default="none", choices=["none", "aqe", "superglobal", "kreciprocal"],
-                   help="aqe: alpha-query expansion; superglobal: neighbourhood refinement of the top 50; kreciprocal: k-reciprocal re-ranking")
-    s.add_argument("--captions", action="store_true", help="print each hit's caption")
-    s.add_argument("--head", metavar="FILE", help="a trained fusion head (adds mode 'learned')")
-    s.add_argument("--json", action="store_true", help="stable JSON output (schema retrieval-explorer/search/v1)")
-    s.set_defaults(func=cmd_search)
