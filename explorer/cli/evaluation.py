@@ -9,6 +9,7 @@ import json
 import sys
 
 from ..core.errors import ExplorerError
+from ..core.modes import ALL, BASE, LEARNED, with_head
 from .common import add_library_and_model_options, open_library, percent_progress
 
 
@@ -22,8 +23,7 @@ def cmd_eval(args) -> int:
         from ..core.learned.io import load_head
 
         head = load_head(args.head, lib)
-        if "learned" not in modes:
-            modes = modes + ("learned",)
+        modes = with_head(modes)
 
     exclude = None
     if args.exclude_duplicates is not None:
@@ -169,12 +169,12 @@ def add_eval(sub) -> None:
                                    "--plot pr.svg --plot pr.png --out metrics.json")
     add_library_and_model_options(s)
     s.add_argument("--gt", required=True, metavar="SPEC", help="folders:DIR | csv:FILE | coco:FILE | deepfashion2:DIR")
-    s.add_argument("--modes", default="image,fused,caption", help="comma list of image, fused, caption, learned")
+    s.add_argument("--modes", default=",".join(BASE), help=f"comma list of {', '.join(ALL)}")
     s.add_argument("--alpha", type=float, help="fusion weight (default: the library's)")
     s.add_argument("--rerank", default="none", metavar="METHODS",
                    help="none, aqe, superglobal, kreciprocal, both (none and aqe) or a comma list: evaluate each")
     s.add_argument("--alpha-sweep", action="store_true", help="also report fused mAP for alpha = 0, 0.1, ..., 1")
-    s.add_argument("--head", metavar="FILE", help="a trained fusion head (adds the 'learned' mode)")
+    s.add_argument("--head", metavar="FILE", help=f"a trained fusion head (adds the '{LEARNED}' mode)")
     s.add_argument("--plot", action="append", metavar="FILE", help="write the PR plot (.png, .svg or .pdf); repeatable")
     s.add_argument("--out", metavar="FILE", help="write metrics (.json, or .csv plus _per_query.csv)")
     s.add_argument("--per-query", nargs="?", const="", metavar="CSV",

@@ -99,6 +99,7 @@ def cmd_check(args) -> int:
     import contextlib
 
     from ..core.catalog import Catalog
+    from ..core.modes import INDEXED
 
     lib = open_library(args, must_exist=True)
     # a writer saves its repairs; a library on read-only media is checked in memory
@@ -114,7 +115,7 @@ def cmd_check(args) -> int:
         what = "all vectors" if args.full else "a sample of vectors"
         print(f"database: {'integrity_check' if args.full else 'quick_check'} ok; {what} compared with the indices "
               f"({sum(report.compared.values())} in all)")
-        for mode in ("image", "caption", "fused"):
+        for mode in INDEXED:
             print(f"index {mode}: {len(lib.index(mode))} vectors")
         lib.close()
     return EXIT_FAILURES if report.refused else EXIT_OK

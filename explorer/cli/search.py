@@ -9,6 +9,7 @@ import json
 import os
 
 from ..core.errors import BadQuery, ExplorerError
+from ..core.modes import BASE, LEARNED
 from .common import add_library_and_model_options, open_library, settings_from
 
 
@@ -25,6 +26,7 @@ def parse_box(text: str | None):
 
 
 def cmd_search(args) -> int:
+    from ..core.modes import with_head
     from ..core.search import MODES, QuerySpec, Searcher
 
     if not args.image and args.text is None:
@@ -44,7 +46,7 @@ def cmd_search(args) -> int:
 
         head = load_head(args.head, lib)
         if args.mode == "all":
-            modes = MODES + ("learned",)
+            modes = with_head(MODES)
     searcher = Searcher(lib, head=head)
     spec = QuerySpec(image=args.image, text=args.text, modifier=args.modify, box=parse_box(args.box), caption=args.caption)
     res = searcher.search(spec, modes=modes, k=args.k, alpha=args.alpha, rerank=args.rerank)
@@ -138,12 +140,12 @@ def add_search(sub) -> None:
     s.add_argument("--modify", metavar="TEXT", help="with --image: a sentence that modifies it (composed query)")
     s.add_argument("--box", metavar="X1,Y1,X2,Y2", help="with --image: search with this object (pixel box)")
     s.add_argument("--caption", metavar="TEXT", help="with --image: your own caption for the query image")
-    s.add_argument("--mode", default="all", help="image, fused, caption, a comma list, or all (default)")
+    s.add_argument("--mode", default="all", help=f"{', '.join(BASE)}, a comma list, or all (default)")
     s.add_argument("--k", type=int, default=10)
     s.add_argument("--alpha", type=float, help="caption fusion weight in [0, 1] (default: the library's)")
     s.add_argument("--rerank", default="none", choices=["none", "aqe", "superglobal", "kreciprocal"],
                    help="aqe: alpha-query expansion; superglobal: neighbourhood refinement of the top 50; kreciprocal: k-reciprocal re-ranking")
     s.add_argument("--captions", action="store_true", help="print each hit's caption")
-    s.add_argument("--head", metavar="FILE", help="a trained fusion head (adds mode 'learned')")
+    s.add_argument("--head", metavar="FILE", help=f"a trained fusion head (adds mode '{LEARNED}')")
     s.add_argument("--json", action="store_true", help="stable JSON output (schema retrieval-explorer/search/v1)")
     s.set_defaults(func=cmd_search)

@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from ..core.errors import ExplorerError
+from ..core.modes import LEARNED
 from .common import add_library_and_model_options, open_library, percent_progress
 
 
@@ -27,7 +28,7 @@ def cmd_map(args) -> int:
 
     lib = open_library(args, must_exist=True)
     head = None
-    if args.representation == "learned":
+    if args.representation == LEARNED:
         if not args.head:
             raise ExplorerError("the learned map needs --head models/fusion-NAME.safetensors")
         from ..core.learned.io import load_head
