@@ -1,6 +1,6 @@
 """Retrieval Explorer desktop app: ``python main.py [--library DIR] [--gallery FOLDER] [--demo]``.
 
-The same as ``explorer gui ...``: this file forwards to the CLI's ``gui`` command, which owns
+The same as ``explorer gui ...``: this file forwards to the CLI's ``gui`` command (``explorer/cli/gui.py``), which owns
 the options (``python main.py --help`` lists them). ``./run.sh`` runs ``main.py --demo``.
 """
 

@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import Cancelled, ExplorerError
+from .modes import IMAGE
 
 #: Default cosine-similarity threshold for near duplicates. On the sample gallery (EffNet-Lite0 GeM)
 #: edited copies have >= 0.79 with their original and different photos <= 0.64 (README).
@@ -196,7 +197,7 @@ def find_duplicates(library, threshold: float = DEFAULT_THRESHOLD, k: int = DEFA
     if near:
         emit("syncing the image index", 0.05)
         library.sync_indices(save=False)
-        index = library.index("image")
+        index = library.index(IMAGE)
         with index.lock:
             live = np.array(sorted(index.live_ids()), np.int64)
         ids = live[~np.isin(live, np.fromiter(hidden, np.int64, len(hidden)))] if hidden else live

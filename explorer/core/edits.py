@@ -14,11 +14,11 @@ import numpy as np
 from sqlalchemy import delete, select
 
 from .errors import ExplorerError
-from .captions.sources import compose
+from .captions.sources import USER_EDITED, compose
 from .models.base import Caption
 from .store import CaptionRow, ImageRow, VectorRow
 
-USER_SOURCE = "user-edited"
+USER_SOURCE = USER_EDITED
 USER_MODEL_ID = "user"
 MAX_CAPTION_CHARS = 2000
 

@@ -44,8 +44,11 @@ from .evaluation import (
 from .evaluation.groundtruth import GroundTruth
 from .library import GalleryVectors, Library
 from .catalog import Catalog, path_key
+from .models.registry import ROLES
+from .modes import ALL as ALL_MODES
+from .modes import BASE, CAPTION, FUSED, IMAGE, LEARNED
 
-EVAL_MODES = ("image", "fused", "caption")
+EVAL_MODES = BASE
 SWEEP_ALPHAS = tuple(round(a, 2) for a in np.linspace(0.0, 1.0, 11))
 RERANK_CHUNK = 256
 
@@ -153,14 +156,14 @@ def _fused_matrices(q: GalleryVectors, g: GalleryVectors, alpha: float, w_q: np.
 def mode_space(mode: str, q: GalleryVectors, g: GalleryVectors, alpha: float, learned=None):
     """A mode as ``(scorer, query rows, gallery rows)`` for ``explorer.core.rerank``;
     ``learned`` = (query matrix, gallery matrix) of a fusion head."""
-    if mode == "image":
+    if mode == IMAGE:
         return rr.Scorer("dot", "image"), rr.Vectors({"image": q.image}), rr.Vectors({"image": g.image})
-    if mode == "caption":
+    if mode == CAPTION:
         return rr.Scorer("dot", "caption"), rr.Vectors({"caption": q.caption}), rr.Vectors({"caption": g.caption})
-    if mode == "fused":
+    if mode == FUSED:
         return (rr.Scorer("fused", alpha=alpha), rr.Vectors({"image": q.image, "caption": q.caption}, q.weights.astype(np.float32)),
                 rr.Vectors({"image": g.image, "caption": g.caption}, g.weights.astype(np.float32)))
-    if mode == "learned":
+    if mode == LEARNED:
         return rr.Scorer("dot", "learned"), rr.Vectors({"learned": learned[0]}), rr.Vectors({"learned": learned[1]})
     raise AssertionError(mode)
 
@@ -233,7 +236,7 @@ def query_scores(library: Library, gt_spec: str | GroundTruth, mode: str, rerank
     alpha = library.alpha if alpha is None else float(alpha)
     st = _setup(library, gt_spec)
     learned = None
-    if mode == "learned":
+    if mode == LEARNED:
         from .learned import learned_vectors_for_eval
 
         LQ, LG = learned_vectors_for_eval(learned_head, library, st.ids.tolist())
@@ -266,10 +269,10 @@ def run_evaluation(
     alpha = library.alpha if alpha is None else float(alpha)
     if not 0.0 <= alpha <= 1.0:
         raise ExplorerError(f"alpha must be in [0, 1], got {alpha}")
-    unknown = [m for m in modes if m not in EVAL_MODES + ("learned",)]
+    unknown = [m for m in modes if m not in ALL_MODES]
     if unknown:
-        raise ExplorerError(f"unknown mode(s) {unknown}; choose from {', '.join(EVAL_MODES + ('learned',))}")
-    if "learned" in modes and learned_head is None:
+        raise ExplorerError(f"unknown mode(s) {unknown}; choose from {', '.join(ALL_MODES)}")
+    if LEARNED in modes and learned_head is None:
         raise ExplorerError("mode 'learned' needs a trained fusion head (--head models/fusion-NAME.safetensors)")
     methods = rerank_methods(rerank)
     emit("loading ground truth", 0.0)
@@ -277,20 +280,20 @@ def run_evaluation(
     gt, warnings, q_paths, g_paths, Qv, Gv, relevance = st.gt, st.warnings, st.q_paths, st.g_paths, st.Qv, st.Gv, st.relevance
     emit("loading vectors", 0.05)
     learned = None
-    if "learned" in modes:
+    if LEARNED in modes:
         from .learned import learned_vectors_for_eval
 
         LQ, LG = learned_vectors_for_eval(learned_head, library, st.ids.tolist())
         learned = (LQ[st.qi], LG[st.gi])
 
     def matrices(mode: str, a: float):
-        if mode == "image":
+        if mode == IMAGE:
             return Qv.image, Gv.image
-        if mode == "caption":
+        if mode == CAPTION:
             return Qv.caption, Gv.caption
-        if mode == "fused":
+        if mode == FUSED:
             return _fused_matrices(Qv, Gv, a, Qv.weights)
-        if mode == "learned":
+        if mode == LEARNED:
             return learned
         raise AssertionError(mode)
 
@@ -318,11 +321,11 @@ def run_evaluation(
             Q, G = _fused_matrices(Qv, Gv, a, Qv.weights)
             sweep.append((a, evaluate_embeddings(Q, G, relevance, mode=f"alpha={a}", ks=(1,)).map))
     comparisons = {}
-    base = next((r for r in results if r.mode == "image"), None)
+    base = next((r for r in results if r.mode == IMAGE), None)
     for r in results:
         if base is not None and r is not base:
-            comparisons[f"image_vs_{r.mode}"] = paired_comparison(base.ap, r.ap, name_a="image", name_b=r.mode).to_dict()
-    models = {role: library.loader.get(role).model_id for role in ("image", "text", "captioner", "detector")}
+            comparisons[f"image_vs_{r.mode}"] = paired_comparison(base.ap, r.ap, name_a=IMAGE, name_b=r.mode).to_dict()
+    models = {role: library.loader.get(role).model_id for role in ROLES}
     meta = {
         "ground_truth": gt.spec or gt.name, "dataset": gt.name, "n_queries": len(q_paths), "n_gallery": len(g_paths),
         "modes": list(modes), "alpha": alpha, "rerank": rerank, "models": models,

@@ -11,11 +11,12 @@ import os
 
 from sqlalchemy import delete, select
 
+from .captions.sources import GROUND_TRUTH
 from .edits import set_captions
 from .evaluation.groundtruth import GroundTruth
 from .store import DetectionRow, ImageRow
 
-GT_SOURCE = "ground-truth"
+GT_SOURCE = GROUND_TRUTH
 
 
 def import_ground_truth(library, gt: GroundTruth, captions: bool = True, boxes: bool = True) -> dict:

@@ -38,6 +38,7 @@ from . import fusion, whitening as wht
 from .config import Settings
 from .errors import ExplorerError, LibraryCorrupt
 from .index import NO_INDEX_FILE, SyncReport
+from .modes import CAPTION, FUSED, IMAGE, INDEXED
 from .lock import LibraryBusy, LibraryReadOnly, WriterLock
 from .models.registry import ModelLoader
 from .captions.sources import compose
@@ -179,7 +180,7 @@ class Library:
         st = self.settings
         if st.whitening != "pca" or self.shared_space:
             return None
-        n = len(self.live_ids("image"))
+        n = len(self.live_ids(IMAGE))
         return wht.needs_refit(self.whitening, n, self.image_model.model_id, "pca", st.whitening_dim, st.whitening_shrinkage)
 
     def fit_whitening(self, labels: dict[int, str] | None = None) -> wht.Whitening:
@@ -204,7 +205,7 @@ class Library:
         with self._indices_lock:
             self._whitening = (mid, w)
             self._indices.pop("image", None)
-            self._indices.pop("fused", None)
+            self._indices.pop(FUSED, None)
         return w
 
     # -- indices ------------------------------------------------------------------------
@@ -223,11 +224,11 @@ class Library:
             lib_id = self.store.library_id  # an index built for another library, or before the counters, is rebuilt
             w = self.whitening
             wsrc = {"whitening": w.tag} if w is not None else {}
-            if mode == "image":
+            if mode == IMAGE:
                 vi = store(self.dir / "indices", f"image--{slug(im.model_id)}", self.image_dim, {"image": im.model_id, "library": lib_id, **wsrc})
-            elif mode == "caption":
+            elif mode == CAPTION:
                 vi = store(self.dir / "indices", f"caption--{slug(tx.model_id)}", tx.dim, {"text": tx.model_id, "library": lib_id})
-            elif mode == "fused":
+            elif mode == FUSED:
                 dim = im.dim if self.shared_space else self.image_dim + tx.dim
                 src = {"image": im.model_id, "text": tx.model_id, "alpha": self.alpha, "weights": "agreement-v1",
                        "agreement_version": self.store.get_meta("agreement_version") or "0", "library": lib_id, **wsrc}
@@ -257,9 +258,9 @@ class Library:
                 return ids, mat, high, refused
             return changed
 
-        if mode == "image":
+        if mode == IMAGE:
             return raw("image", im, self.image_model.dim)
-        if mode == "caption":
+        if mode == CAPTION:
             return raw("caption", tx, self.text_model.dim)
 
         def fused_changed(seq_high: int):
@@ -274,7 +275,7 @@ class Library:
             gal = self.gallery_vectors(ids)
             vec = fusion.fuse_gallery(gal.image, gal.caption, self.alpha, gal.weights, self.shared_space)
             # images with both vectors stored whose image or caption vector was refused as damaged
-            lost = (set(ids) - set(gal.ids.tolist())) & self.live_ids("fused") if len(gal.ids) < len(ids) else set()
+            lost = (set(ids) - set(gal.ids.tolist())) & self.live_ids(FUSED) if len(gal.ids) < len(ids) else set()
             refused = {int(i): "a damaged image or caption vector" for i in lost}
             return gal.ids, vec, high, refused
 
@@ -286,9 +287,9 @@ class Library:
             def ids(kind, model_id):
                 return set(s.scalars(select(VectorRow.image_id).join(ImageRow).where(
                     ImageRow.status == "ok", VectorRow.kind == kind, VectorRow.model_id == model_id)))
-            if mode == "image":
+            if mode == IMAGE:
                 return ids("image", im)
-            if mode == "caption":
+            if mode == CAPTION:
                 return ids("caption", tx)
             return ids("image", im) & ids("caption", tx)
 
@@ -297,7 +298,7 @@ class Library:
         this process is the writer (a reader's repairs stay in memory)."""
         reports = {}
         db_high = self.store.seq_high()
-        for mode in ("image", "caption", "fused"):
+        for mode in INDEXED:
             vi = self.index(mode)
             reports[vi.name] = vi.sync(self._changed(mode), self.live_ids(mode), db_high)
         if save:
@@ -328,13 +329,13 @@ class Library:
         differ = compared = 0
         for s in range(0, len(ids), 4096):
             chunk = ids[s:s + 4096]
-            if mode == "fused":
+            if mode == FUSED:
                 gal = self.gallery_vectors(chunk.tolist())
                 want_ids, want = gal.ids, fusion.fuse_gallery(gal.image, gal.caption, self.alpha, gal.weights, self.shared_space)
             else:
-                kind, model = ("image", self.image_model.model_id) if mode == "image" else ("caption", self.text_model.model_id)
+                kind, model = ("image", self.image_model.model_id) if mode == IMAGE else ("caption", self.text_model.model_id)
                 want_ids, want = self.store.load_vectors(kind, model, chunk.tolist())
-                if mode == "image" and len(want_ids):
+                if mode == IMAGE and len(want_ids):
                     want = self.project_image(np.asarray(want, np.float32))  # the index holds whitened vectors
             if not len(want_ids):
                 continue
@@ -353,7 +354,7 @@ class Library:
             return [i for i in canonical_top(*index.search(vec, fetch_k(m, len(index))), m)[0].tolist()
                     if i >= 0 and i not in exclude][:k]
 
-        a, b = top(self.index("image"), image_vec), top(self.index("caption"), caption_vec)
+        a, b = top(self.index(IMAGE), image_vec), top(self.index(CAPTION), caption_vec)
         return float(fusion.neighbourhood_agreement([a], [b], k)[0])
 
     def agreement_stamp(self) -> str:
@@ -414,7 +415,7 @@ class Library:
         was last computed. The fused index depends on it: bumping ``agreement_version`` (and the
         stamp) in the same transaction makes the next sync rebuild it, also after a crash.
         """
-        img, cap = self.index("image"), self.index("caption")
+        img, cap = self.index(IMAGE), self.index(CAPTION)
         stamp = self.agreement_stamp()
         with img.lock, cap.lock:
             ids = np.array(sorted(img.live_ids() & cap.live_ids()), np.int64)
@@ -436,7 +437,7 @@ class Library:
             s.merge(Meta(key="agreement_version", value=str(ver)))
             s.merge(Meta(key="agreement_stamp", value=stamp))
         with self._indices_lock:
-            self._indices.pop("fused", None)
+            self._indices.pop(FUSED, None)
         return len(ids)
 
     def check(self, full: bool = False, verify_db: bool = False, sample: int | None = CHECK_SAMPLE,
@@ -458,7 +459,7 @@ class Library:
                                      "indices were left as they are. Restore library.sqlite from a backup")
         report = CheckReport()
         report.repairs = self.sync_indices(save=False)
-        for mode in ("image", "caption", "fused"):
+        for mode in INDEXED:
             vi = self.index(mode)
             compared, differ = self.compare_index(mode, None if full else sample)
             report.compared[vi.name] = compared

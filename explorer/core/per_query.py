@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ExplorerError
+from .modes import CAPTION, FUSED, IMAGE, LEARNED
 
 GROUPS = ("better", "worse", "tied")
 CSV_COLUMNS = ("query", "image_id", "caption", "caption_source", "caption_weight", "ap_a", "ap_b", "ap_diff",
@@ -122,7 +123,7 @@ def compare_queries(report, mode_a: str, mode_b: str, captions: dict[int, tuple[
 def default_pair(modes) -> tuple[str, str] | None:
     """The comparison shown first: fused vs image, else learned vs fused, else the first two modes."""
     modes = list(modes)
-    for a, b in (("image", "fused"), ("fused", "learned"), ("image", "learned"), ("image", "caption")):
+    for a, b in ((IMAGE, FUSED), (FUSED, LEARNED), (IMAGE, LEARNED), (IMAGE, CAPTION)):
         if a in modes and b in modes:
             return a, b
     return (modes[0], modes[1]) if len(modes) >= 2 else None

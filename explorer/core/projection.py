@@ -30,8 +30,10 @@ import numpy as np
 
 from . import fusion
 from .errors import Cancelled, ExplorerError
+from .modes import CAPTION, FUSED, HEAD, IMAGE, INDEXED, LEARNED
 
-REPRESENTATIONS = ("image", "caption", "fused", "learned")
+#: what a map can show: the vectors of every mode (the indexed ones, then those a head adds)
+REPRESENTATIONS = INDEXED + HEAD
 METHODS = ("pca", "umap")
 COLOUR_BY = ("label", "caption source", "caption weight", "cluster")
 CLUSTER_DIMS = 32
@@ -196,14 +198,14 @@ def representation_vectors(library, representation: str, ids=None, head=None):
     """(ids, vectors, caption weights) of the gallery for one representation."""
     if representation not in REPRESENTATIONS:
         raise ExplorerError(f"unknown representation '{representation}'; choose from {', '.join(REPRESENTATIONS)}")
-    if representation == "learned" and head is None:
+    if representation == LEARNED and head is None:
         raise ExplorerError("the learned representation needs a fusion head (File ▸ Load fusion head, or --head)")
     g = library.gallery_vectors(ids)
-    if representation == "image":
+    if representation == IMAGE:
         X = g.image
-    elif representation == "caption":
+    elif representation == CAPTION:
         X = g.caption
-    elif representation == "fused":
+    elif representation == FUSED:
         X = fusion.fuse_gallery(g.image, g.caption, library.alpha, g.weights, library.shared_space)
     else:
         from .learned import learned_vectors_for_eval
@@ -216,8 +218,8 @@ def cache_key(library, representation: str, method: str, head=None, clusters: in
     parts = {
         "v": CACHE_VERSION, "stamp": library.store.gallery_stamp(), "rep": representation, "method": method,
         "image": library.image_model.model_id, "text": library.text_model.model_id, "clusters": clusters,
-        "alpha": library.alpha if representation == "fused" else None,
-        "head": getattr(head, "fingerprint", None) if representation == "learned" else None,
+        "alpha": library.alpha if representation == FUSED else None,
+        "head": getattr(head, "fingerprint", None) if representation == LEARNED else None,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -226,7 +228,7 @@ def _cache_path(library, representation: str, key: str) -> Path:
     return Path(library.dir) / "cache" / "maps" / f"{representation}-{key}.npz"
 
 
-def gallery_map(library, representation: str = "image", method: str | None = None, head=None,
+def gallery_map(library, representation: str = IMAGE, method: str | None = None, head=None,
                 clusters: int = DEFAULT_CLUSTERS, use_cache: bool = True,
                 progress: Callable[[str, float], None] | None = None, cancel: threading.Event | None = None) -> GalleryMap:
     """The 2-D map of the library for ``representation`` (cached until the gallery changes).

@@ -37,6 +37,7 @@ import numpy as np
 
 from .errors import ExplorerError
 from .fusion import fused_scores
+from .modes import CAPTION, IMAGE
 
 METHODS = ("none", "aqe", "superglobal", "kreciprocal")
 #: display names of the methods (CLI help, the window)
@@ -95,7 +96,7 @@ class Scorer:
 
     @property
     def reps(self) -> tuple[str, ...]:
-        return ("image", "caption") if self.kind == "fused" else (self.rep,)
+        return (IMAGE, CAPTION) if self.kind == "fused" else (self.rep,)
 
     def __call__(self, q: Vectors, g: Vectors) -> np.ndarray:
         def mm(name):
@@ -103,7 +104,7 @@ class Scorer:
 
         if self.kind == "dot":
             return mm(self.rep).astype(np.float32)
-        ci, cc = mm("image"), mm("caption")
+        ci, cc = mm(IMAGE), mm(CAPTION)
         b = self.alpha * q.weight[..., :, None] * g.weight[..., None, :]
         return fused_scores(ci, cc, 1.0, 1.0, b)  # (1 - b) ci + b cc, the one fusion formula
 

@@ -31,10 +31,13 @@ from .errors import BadImage, BadQuery
 from .imageio import load_image
 from .library import Library
 from .models.base import Caption, Detection, l2_normalise
-from .captions.sources import compose
+from .captions.sources import GENERATED, METADATA, USER_EDITED, compose
 from .catalog import Catalog
+from .modes import ALL as ALL_MODES
+from .modes import BASE, CAPTION, FUSED, IMAGE, LEARNED
 
-MODES = ("image", "fused", "caption")
+#: the modes a search runs by default (a head adds LEARNED); the names live in explorer.core.modes
+MODES = BASE
 DEFAULT_K = 10
 #: How many candidates each index contributes before exact re-scoring.
 POOL_MIN = 200
@@ -234,7 +237,7 @@ class Searcher:
         t["detect"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if spec.caption and spec.caption.strip():
-            cap = Caption(spec.caption.strip(), "user-edited", "user", 1.0)
+            cap = Caption(spec.caption.strip(), USER_EDITED, "user", 1.0)
         else:
             cap = ld.get("captioner").caption([image], [dets])[0]
         t["caption"] = time.perf_counter() - t0
@@ -268,7 +271,7 @@ class Searcher:
         t0 = time.perf_counter()
         pool_k = max(POOL_MIN, 4 * k)
         ids: set[int] = set()
-        img_idx, cap_idx, fused_idx = self.lib.index("image"), self.lib.index("caption"), self.lib.index("fused")
+        img_idx, cap_idx, fused_idx = self.lib.index(IMAGE), self.lib.index(CAPTION), self.lib.index(FUSED)
         if pq.image_vec is not None:
             ids.update(img_idx.search(pq.image_vec, pool_k)[0].tolist())
         if pq.caption_vec is not None:
@@ -328,7 +331,7 @@ class Searcher:
     def rank(self, pq: PreparedQuery, pool: "CandidatePool", mode: str, k: int, alpha: float, rerank: str = "none") -> ModeResult:
         """Rank the pool for one mode. Cheap: no model runs here."""
         note = None
-        if mode == "image":
+        if mode == IMAGE:
             if pool.cos_img is None:
                 note = "image-only mode needs an image query or a shared image-text space (open_clip); showing caption matches"
                 scores = pool.cos_cap
@@ -336,9 +339,9 @@ class Searcher:
                 scores = pool.cos_img
                 if pq.spec.modifier and not self.lib.shared_space:
                     note = "image-only mode ignores the modifier with separate image and text encoders"
-        elif mode == "caption":
+        elif mode == CAPTION:
             scores = pool.cos_cap
-        elif mode == "fused":
+        elif mode == FUSED:
             if pool.cos_img is None:
                 scores = pool.cos_cap
                 note = "text query with separate encoders: fused equals caption-only"
@@ -346,7 +349,7 @@ class Searcher:
                 scores = fusion.fused_scores(pool.cos_img, pool.cos_cap, MODIFIER_WEIGHT, 1.0, np.ones_like(pool.weights))
             else:
                 scores = fusion.fused_scores(pool.cos_img, pool.cos_cap, alpha, pq.caption_weight, pool.weights)
-        elif mode == "learned":
+        elif mode == LEARNED:
             if self.head is None:
                 raise BadQuery("mode 'learned' needs a trained fusion head (--head models/fusion-NAME.safetensors)")
             if pq.learned_vec is None:
@@ -354,7 +357,7 @@ class Searcher:
             rows = [self._learned_row.get(int(i)) for i in pool.ids.tolist()]
             scores = np.array([self.learned_vecs[r] @ pq.learned_vec if r is not None else -np.inf for r in rows], np.float32)
         else:
-            raise BadQuery(f"unknown mode '{mode}'; choose from {', '.join(MODES + ('learned',))}")
+            raise BadQuery(f"unknown mode '{mode}'; choose from {', '.join(ALL_MODES)}")
         scores = np.asarray(scores, np.float32).copy()
         if pq.self_path is not None or pq.library_id is not None:
             for j, i in enumerate(pool.ids.tolist()):
@@ -374,7 +377,7 @@ class Searcher:
 
     def mode_vectors(self, pq: PreparedQuery, pool: "CandidatePool", mode: str, alpha: float):
         """The mode as ``(scorer, query rows, gallery rows)`` for ``explorer.core.rerank``."""
-        if mode == "learned":
+        if mode == LEARNED:
             rows = [self._learned_row.get(int(i)) for i in pool.ids.tolist()]
             gl = np.zeros((len(rows), self.learned_vecs.shape[1]), np.float32)
             for j, r in enumerate(rows):
@@ -385,9 +388,9 @@ class Searcher:
         g = {"caption": pool.gc}
         if pq.image_vec is not None:
             q["image"], g["image"] = pq.image_vec[None, :], pool.gi
-        if mode == "caption" or pool.cos_img is None:
+        if mode == CAPTION or pool.cos_img is None:
             return rr.Scorer("dot", "caption"), rr.Vectors(q), rr.Vectors(g)
-        if mode == "image":
+        if mode == IMAGE:
             return rr.Scorer("dot", "image"), rr.Vectors(q), rr.Vectors(g)
         if pq.target_text is not None:
             return (rr.Scorer("fused", alpha=MODIFIER_WEIGHT), rr.Vectors(q, np.ones(1, np.float32)),
@@ -456,11 +459,11 @@ def use_library_captions(lib: Library, pq: PreparedQuery) -> None:
         pq.library_id = int(iid)
         return
     sources = set(lib.settings.caption_sources)
-    found = {"generated": pq.caption} if pq.caption is not None else {}
-    if "metadata" in sources:
+    found = {GENERATED: pq.caption} if pq.caption is not None else {}
+    if METADATA in sources:
         cap, _ = metadata_caption(real)
         if cap is not None:
-            found["metadata"] = cap
+            found[METADATA] = cap
     found.update(name_captions(real, sources))
     composed = compose(found)
     if composed is not None and composed.text != (pq.caption.text if pq.caption else None):

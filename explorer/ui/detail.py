@@ -10,6 +10,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QDialog, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QSplitter, QVBoxLayout,
                                QWidget)
 
+from ..core.captions.sources import GENERATED, USER_EDITED
 from ..core.imageio import load_image
 from .context import NO_LIBRARY
 from .thumbnails import pil_to_qimage
@@ -145,7 +146,7 @@ class DetailDialog(QDialog):
 
     def _show_source(self, info) -> None:
         self.source_label.setText(source_text(info))
-        self.revert_button.setEnabled(info.caption_source == "user-edited")
+        self.revert_button.setEnabled(info.caption_source == USER_EDITED)
 
     def _on_error(self, msg: str) -> None:
         self._set_busy(False)
@@ -186,8 +187,8 @@ def source_text(info) -> str:
     parts = info.parts or [(info.captions[0][0], info.captions[0][1])]
     conf = {s: c for s, _, c in info.captions}
     head = "source: " + " + ".join(label(s) for s, _ in parts)
-    if parts[0][0] == "generated":
-        head += f", confidence {conf.get('generated', 0.0):.2f}"
+    if parts[0][0] == GENERATED:
+        head += f", confidence {conf.get(GENERATED, 0.0):.2f}"
     lines = [head]
     if len(parts) > 1:
         lines += [f"  {label(s)}: {t}" for s, t in parts]

@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDia
 
 from .task_panel import TaskPanelMixin
 from ..core.fusion import DEFAULT_ALPHA
+from ..core.modes import BASE, title as mode_title
 
 GT_FORMATS = [
     ("folders", "Folders (one sub-folder per label)", "dir"),
@@ -25,7 +26,6 @@ GT_FORMATS = [
     ("coco", "COCO JSON", "file"),
     ("deepfashion2", "DeepFashion2 folder", "dir"),
 ]
-MODE_NAMES = {"image": "Image only", "fused": "Caption-fused", "caption": "Caption only"}
 TABLE_KS = (1, 5, 10)
 
 
@@ -76,8 +76,8 @@ class EvaluationPanel(TaskPanelMixin, QWidget):
         grid.addWidget(QLabel("Modes"), 2, 0)
         modes_row = QHBoxLayout()
         self.mode_checks = {}
-        for m in ("image", "fused", "caption"):
-            cb = QCheckBox(MODE_NAMES[m])
+        for m in BASE:
+            cb = QCheckBox(mode_title(m))
             cb.setChecked(True)
             self.mode_checks[m] = cb
             modes_row.addWidget(cb)
@@ -276,7 +276,7 @@ class EvaluationPanel(TaskPanelMixin, QWidget):
         self.canvas.draw_idle()
 
         self.table.setColumnCount(len(report.results))
-        self.table.setHorizontalHeaderLabels([MODE_NAMES.get(r.mode, r.mode) for r in report.results])
+        self.table.setHorizontalHeaderLabels([mode_title(r.mode) for r in report.results])
         for j, r in enumerate(report.results):
             vals = [_fmt(r.map)] + [_fmt(r.precision_at_k.get(k)) for k in TABLE_KS] + \
                    [_fmt(r.recall_at_k.get(k)) for k in TABLE_KS] + [str(r.n_queries)]

@@ -6,12 +6,11 @@ from PySide6.QtCore import QModelIndex, Qt, Signal
 from PySide6.QtWidgets import QAbstractItemView, QLabel, QListView, QSplitter, QVBoxLayout, QWidget
 
 from ..core import fusion
+from ..core.modes import ALL, CAPTION, COMPARE, FUSED, LEARNED, TITLES
 from .delegates import ResultDelegate
 from .models import IdRole, ResultsModel
 from .thumbnails import ThumbnailLoader
 
-TITLES = {"image": "Image only", "fused": "Caption-fused", "caption": "Caption only", "learned": "Learned-fused"}
-COMPARE = {"image": "fused", "fused": "image", "caption": "image", "learned": "image"}
 
 
 class ResultColumn(QWidget):
@@ -76,27 +75,27 @@ class ResultsPanel(QWidget):
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.setChildrenCollapsible(False)
         self.columns: dict[str, ResultColumn] = {}
-        for mode in ("image", "fused", "caption", "learned"):
+        for mode in ALL:
             col = ResultColumn(mode, thumbs, self.delegate)
             col.activated.connect(self.activated)
             self.columns[mode] = col
             self.splitter.addWidget(col)
-        self.columns["caption"].hide()
-        self.columns["learned"].hide()
+        self.columns[CAPTION].hide()  # shown on request
+        self.columns[LEARNED].hide()  # shown with a fusion head
         lay.addWidget(self.splitter)
         self.set_alpha(fusion.DEFAULT_ALPHA)
 
     def set_alpha(self, alpha: float, composed: bool = False) -> None:
         if composed:
-            self.columns["fused"].header.setText("Caption-fused (composed: modifier weight 0.50)")
+            self.columns[FUSED].header.setText(f"{TITLES[FUSED]} (composed: modifier weight 0.50)")
         else:
-            self.columns["fused"].header.setText(f"Caption-fused (α = {alpha:.2f})")
+            self.columns[FUSED].header.setText(f"{TITLES[FUSED]} (α = {alpha:.2f})")
 
     def show_caption_column(self, on: bool) -> None:
-        self.columns["caption"].setVisible(on)
+        self.columns[CAPTION].setVisible(on)
 
     def show_learned_column(self, on: bool) -> None:
-        self.columns["learned"].setVisible(on)
+        self.columns[LEARNED].setVisible(on)
 
     def set_show_boxes(self, on: bool) -> None:
         self.delegate.show_boxes = on

@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QFrame, QGridLayout, QHBoxL
 from ..core import fusion
 from ..core.errors import BadQuery, ExplorerError
 from ..core.imageio import IMAGE_EXTENSIONS, is_image_path
+from ..core.modes import CAPTION, FUSED, IMAGE, LEARNED
 from ..core.search import QuerySpec
 from .context import AppContext
 from .detail import load_display
@@ -171,9 +172,9 @@ class SearchPage(QWidget):
         return int(self.k_combo.currentData())
 
     def modes(self) -> tuple[str, ...]:
-        modes = ("image", "fused", "caption") if self.caption_check.isChecked() else ("image", "fused")
+        modes = (IMAGE, FUSED, CAPTION) if self.caption_check.isChecked() else (IMAGE, FUSED)
         if self.learned_check.isChecked() and self.prepared is not None and self.prepared.learned_vec is not None:
-            modes += ("learned",)
+            modes += (LEARNED,)
         return modes
 
     # -- asking --------------------------------------------------------------------------------

@@ -13,14 +13,14 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, 
 from ..core.captions.sources import SOURCES
 from ..core.config import Settings
 from ..core.errors import ExplorerError
-from ..core.models.registry import ROLES, entries, entry_for, probe
+from ..core.models.registry import (CAPTIONER, DETECTOR, IMAGE_ENCODER, ROLE_TITLES, ROLES, TEXT_ENCODER, entries, entry_for,
+                                     probe)
 
-ROLE_TITLES = {"image": "Image encoder", "text": "Text encoder", "captioner": "Captioner", "detector": "Detector"}
 EXAMPLES = {
-    "image": ["effnet-lite0", "open_clip:ViT-B-32@laion2b_s34b_b79k"],
-    "text": ["minilm", "open_clip:ViT-B-32@laion2b_s34b_b79k"],
-    "captioner": ["structured", "hf:Salesforce/blip-image-captioning-base"],
-    "detector": ["ssd-mobilenet", "hf-detr:facebook/detr-resnet-50", "hf-owlvit:google/owlvit-base-patch32"],
+    IMAGE_ENCODER: ["effnet-lite0", "open_clip:ViT-B-32@laion2b_s34b_b79k"],
+    TEXT_ENCODER: ["minilm", "open_clip:ViT-B-32@laion2b_s34b_b79k"],
+    CAPTIONER: ["structured", "hf:Salesforce/blip-image-captioning-base"],
+    DETECTOR: ["ssd-mobilenet", "hf-detr:facebook/detr-resnet-50", "hf-owlvit:google/owlvit-base-patch32"],
 }
 
 

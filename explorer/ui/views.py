@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from PySide6.QtGui import QAction
 
+from ..core.modes import CAPTION, LEARNED
 from .duplicates import DuplicatesDialog
 from .embedding_map import EmbeddingMapPanel
 from .per_query import PerQueryPanel
@@ -27,9 +28,9 @@ def open_query_in_search(window, path: str, modes=()) -> None:
     """Show the Search tab with a column for each of ``modes`` and run ``path`` as the query."""
     page = window.search_page
     base = {m.split("+")[0] for m in modes}
-    if "caption" in base:
+    if CAPTION in base:
         page.caption_check.setChecked(True)
-    if "learned" in base and page.learned_check.isEnabled():
+    if LEARNED in base and page.learned_check.isEnabled():
         page.learned_check.setChecked(True)
     if any(m.endswith("+aqe") for m in modes):
         page.rerank_combo.setCurrentIndex(page.rerank_combo.findData("aqe"))

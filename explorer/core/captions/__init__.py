@@ -21,6 +21,9 @@ from .filenames import folder_words, name_words
 from .metadata import MetadataCaption, read_metadata
 from .sources import (
     CAPTION_PRIORITY,
+    FILENAME,
+    FOLDER,
+    METADATA,
     DEFAULT_ENABLED,
     SOURCES,
     SWITCHABLE,
@@ -39,21 +42,21 @@ FILENAME_CONFIDENCE = 1.0
 
 def metadata_caption(path: bytes | str) -> tuple[Caption | None, MetadataCaption]:
     md = read_metadata(path)
-    cap = Caption(md.text, "metadata", md.model_id, 1.0) if md.text else None
+    cap = Caption(md.text, METADATA, md.model_id, 1.0) if md.text else None
     return cap, md
 
 
 def name_captions(path: bytes | str, enabled) -> dict[str, Caption]:
     """The ``filename`` and ``folder`` captions of one file, for the enabled sources."""
     out: dict[str, Caption] = {}
-    if "filename" in enabled:
+    if FILENAME in enabled:
         w = name_words(path)
         if w:
-            out["filename"] = Caption(w, "filename", FILENAME_MODEL_ID, FILENAME_CONFIDENCE)
-    if "folder" in enabled:
+            out[FILENAME] = Caption(w, FILENAME, FILENAME_MODEL_ID, FILENAME_CONFIDENCE)
+    if FOLDER in enabled:
         w = folder_words(path)
         if w:
-            out["folder"] = Caption(w, "folder", FILENAME_MODEL_ID, FILENAME_CONFIDENCE)
+            out[FOLDER] = Caption(w, FOLDER, FILENAME_MODEL_ID, FILENAME_CONFIDENCE)
     return out
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import ExplorerError
 from ..models.base import Caption
+from .sources import OCR
 
 MIN_SCORE = 0.6
 MAX_CHARS = 300
@@ -72,4 +73,4 @@ class OcrReader:
                 scores.append(float(score))
         text = " ".join(lines)[:MAX_CHARS].strip()
         conf = float(np.mean(scores)) if scores else 0.0
-        return Caption(text, "ocr", self.model_id, conf)
+        return Caption(text, OCR, self.model_id, conf)

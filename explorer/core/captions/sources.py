@@ -44,19 +44,23 @@ class CaptionSource:
     reread: bool = False
 
 
+#: the source names, for code that names one source (everything else iterates ``SOURCES``)
+USER_EDITED, SIDECAR, CAPTIONS_FILE, GROUND_TRUTH, METADATA = "user-edited", "sidecar", "captions-file", "ground-truth", "metadata"
+GENERATED, FILENAME, FOLDER, OCR = "generated", "filename", "folder", "ocr"
+
 #: Most trusted first. The active caption is the most trusted person-written one, else the
 #: join of the machine sources present, in this order.
 SOURCES: tuple[CaptionSource, ...] = (
-    CaptionSource("user-edited", "user", "edited in the app"),
-    CaptionSource("sidecar", "user", "sidecar text file (photo.jpg.txt)", reread=True),
-    CaptionSource("captions-file", "user", "captions file (--captions)", reread=True),
-    CaptionSource("ground-truth", "user", "ground truth"),
-    CaptionSource("metadata", "user", "photo metadata (XMP, IPTC, EXIF, PNG text, XMP sidecar)",
+    CaptionSource(USER_EDITED, "user", "edited in the app"),
+    CaptionSource(SIDECAR, "user", "sidecar text file (photo.jpg.txt)", reread=True),
+    CaptionSource(CAPTIONS_FILE, "user", "captions file (--captions)", reread=True),
+    CaptionSource(GROUND_TRUTH, "user", "ground truth"),
+    CaptionSource(METADATA, "user", "photo metadata (XMP, IPTC, EXIF, PNG text, XMP sidecar)",
                   switchable=True, default_on=True, reread=True),
-    CaptionSource("generated", "machine", "captioner"),
-    CaptionSource("filename", "machine", "file name words", switchable=True, default_on=True),
-    CaptionSource("folder", "machine", "folder name words", switchable=True, default_on=False),
-    CaptionSource("ocr", "machine", "text in the image (OCR)", switchable=True, default_on=False),
+    CaptionSource(GENERATED, "machine", "captioner"),
+    CaptionSource(FILENAME, "machine", "file name words", switchable=True, default_on=True),
+    CaptionSource(FOLDER, "machine", "folder name words", switchable=True, default_on=False),
+    CaptionSource(OCR, "machine", "text in the image (OCR)", switchable=True, default_on=False),
 )
 
 BY_NAME = {s.name: s for s in SOURCES}
@@ -68,7 +72,7 @@ DEFAULT_ENABLED: tuple[str, ...] = tuple(s.name for s in SOURCES if s.switchable
 #: person-written sources read from files on every run (the row goes when the file's text goes)
 REREAD_USER_SOURCES: tuple[str, ...] = tuple(s.name for s in SOURCES if s.kind == "user" and s.reread)
 #: machine sources besides the captioner, computed by explorer.core.captions.extract
-EXTRA_SOURCES: tuple[str, ...] = tuple(s for s in MACHINE_SOURCES if s != "generated")
+EXTRA_SOURCES: tuple[str, ...] = tuple(s for s in MACHINE_SOURCES if s != GENERATED)
 JOIN = "; "
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..errors import ExplorerError
 from ..models.base import Caption
+from .sources import CAPTIONS_FILE, SIDECAR
 
 SIDECAR_SUFFIX = ".txt"
 SIDECAR_MAX_BYTES = 64 * 1024
@@ -33,7 +34,7 @@ def read_sidecar(image_path: Path) -> Caption | None:
     except OSError:
         return None
     text = text.split("\n\n")[0].replace("\n", " ").strip()
-    return Caption(text, "sidecar", "user", 1.0) if text else None
+    return Caption(text, SIDECAR, "user", 1.0) if text else None
 
 
 def _is_id(v) -> bool:
@@ -49,7 +50,7 @@ class CaptionsFile:
 
     def get(self, image_path: Path) -> Caption | None:
         text = self.mapping.get(os.path.realpath(image_path))
-        return Caption(text, "captions-file", "user", 1.0) if text else None
+        return Caption(text, CAPTIONS_FILE, "user", 1.0) if text else None
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CaptionsFile":

@@ -49,14 +49,17 @@ from typing import Callable
 import numpy as np
 
 from ..captions import CaptionsFile
+from ..captions.sources import GENERATED, OCR
 from ..config import Settings
 from ..errors import ExplorerError
 from ..models.base import Caption, Detection
+from ..models.registry import CAPTIONER, DETECTOR, IMAGE_ENCODER, TEXT_ENCODER
 from ..pipeline import Decoded, Indexer, IndexSummary, Progress, Work, caption_to_embed, display, resolve_roots, save_run, scan
 
-ROLES = ("detector", "captioner", "image", "text")
+#: the model roles (explorer.core.models.registry) in the order the pipeline runs them
+ROLES = (DETECTOR, CAPTIONER, IMAGE_ENCODER, TEXT_ENCODER)
 #: roles whose backends run torch and so benefit from a GPU (the default detector runs in OpenCV)
-GPU_ROLES = ("captioner", "image", "text")
+GPU_ROLES = (CAPTIONER, IMAGE_ENCODER, TEXT_ENCODER)
 SHARD_DIR = "ray-shards"
 
 
@@ -263,9 +266,9 @@ class TextEncoderActor(_Role):
             c = _captions(batch, j)
             w = Work(bytes(batch["path"][j]), None, None, full=bool(batch["full"][j]), text=bool(batch["text"][j]),
                      user_captions=_caption_dict(c["users"]), extras=_caption_dict(c["extras"]))
-            gen = Caption(str(batch["cap_text"][j]), "generated", str(batch["cap_model"][j]), float(batch["cap_conf"][j])) \
+            gen = Caption(str(batch["cap_text"][j]), GENERATED, str(batch["cap_model"][j]), float(batch["cap_conf"][j])) \
                 if batch["has_cap"][j] else None
-            ocr = Caption(str(batch["ocr_text"][j]), "ocr", str(batch["ocr_model"][j]), float(batch["ocr_conf"][j])) \
+            ocr = Caption(str(batch["ocr_text"][j]), OCR, str(batch["ocr_model"][j]), float(batch["ocr_conf"][j])) \
                 if batch["has_ocr"][j] else None
             active = caption_to_embed(w, _caption_dict(c["stored"]), gen, ocr, c["sources"])
             if active is not None:
@@ -307,7 +310,7 @@ class RayIndexer:
         models = [detector.model_id, captioner.model_id, image_enc.model_id, text_enc.model_id]
         stored = self.local._stored_captions([w.image_id for w in todo if w.image_id is not None])
         sources = list(self.local.sources)
-        ocr_on = "ocr" in self.local.sources
+        ocr_on = OCR in self.local.sources
 
         def plain(caps: dict[str, Caption]) -> dict:
             return {src: [c.text, c.model_id, float(c.confidence)] for src, c in sorted(caps.items())}
@@ -379,9 +382,9 @@ class RayIndexer:
             if r["store_dets"]:
                 dets[key] = [Detection(x[0], x[1], tuple(x[2:])) for x in json.loads(r["dets"])]
             if r["has_cap"]:
-                caps[key] = Caption(r["cap_text"], "generated", r["cap_model"], float(r["cap_conf"]))
+                caps[key] = Caption(r["cap_text"], GENERATED, r["cap_model"], float(r["cap_conf"]))
             if r["has_ocr"]:
-                ocrs[key] = Caption(r["ocr_text"], "ocr", r["ocr_model"], float(r["ocr_conf"]))
+                ocrs[key] = Caption(r["ocr_text"], OCR, r["ocr_model"], float(r["ocr_conf"]))
             if r["img_vec"]:
                 img_vecs[key] = np.frombuffer(r["img_vec"], np.float32)
             if r["txt_vec"]:

@@ -46,6 +46,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from ..modes import IMAGE
+
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10, 20, 50)
 PR_POINTS = 101
 PR_RECALL = np.linspace(0.0, 1.0, PR_POINTS)
@@ -498,7 +500,7 @@ def evaluate_scores(
     scores,
     relevant,
     ignore=None,
-    mode: str = "image",
+    mode: str = IMAGE,
     ks: Sequence[int] = DEFAULT_KS,
     chunk: int = 1024,
 ) -> ModeMetrics:
@@ -515,7 +517,7 @@ def evaluate_embeddings(
     gallery_vecs,
     relevant,
     ignore=None,
-    mode: str = "image",
+    mode: str = IMAGE,
     ks: Sequence[int] = DEFAULT_KS,
     chunk: int = 1024,
 ) -> ModeMetrics:

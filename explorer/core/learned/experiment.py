@@ -55,7 +55,6 @@ VARIANTS: list[tuple[str, dict, dict]] = [
     ("start image-only", {"base": "image"}, {}),
     ("no start (residual only)", {"base": "none"}, {}),
 ]
-MODES = ("image", "alpha-fused", "learned")
 
 
 @dataclass

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from ..config import Settings
+from ..captions.sources import GENERATED
 from ..errors import ModelUnavailable
 from .base import Caption, Captioner, Detection
 from .weights import find_hf_model, force_offline, missing_hint
@@ -192,7 +193,7 @@ class HFCaptioner(Captioner):
             text = self.tokenizer.decode([t for t in keep if t not in self.eos_ids], skip_special_tokens=True)
             text = " ".join(text.split())
             confidence = float(np.clip(probs.mean(), 0.0, 1.0)) if len(probs) and text else 0.0
-            result.append(Caption(text=text, source="generated", model_id=self.model_id, confidence=confidence))
+            result.append(Caption(text=text, source=GENERATED, model_id=self.model_id, confidence=confidence))
         return result
 
 

@@ -17,7 +17,12 @@ from ..config import Settings
 from ..errors import ExplorerError, ModelUnavailable
 from .base import ModelBackend, ModelStack
 
-ROLES = ("image", "text", "captioner", "detector")
+#: the model roles (the one home of their names: settings, CLI options, the Settings dialog and the
+#: indexing engines use these)
+IMAGE_ENCODER, TEXT_ENCODER, CAPTIONER, DETECTOR = "image", "text", "captioner", "detector"
+ROLES = (IMAGE_ENCODER, TEXT_ENCODER, CAPTIONER, DETECTOR)
+#: words for people (UI)
+ROLE_TITLES = {IMAGE_ENCODER: "Image encoder", TEXT_ENCODER: "Text encoder", CAPTIONER: "Captioner", DETECTOR: "Detector"}
 
 
 @dataclass(frozen=True)

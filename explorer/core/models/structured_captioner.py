@@ -27,6 +27,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from ..captions.sources import GENERATED
 from .base import Caption, Captioner, Detection
 from .registry import Availability
 
@@ -143,7 +144,7 @@ class StructuredCaptioner(Captioner):
         out = []
         for im, dets, labs in zip(images, detections, labels):
             text, conf = compose(dets, labs, dominant_colours(im), im.width, im.height)
-            out.append(Caption(text, "generated", MODEL_ID, conf))
+            out.append(Caption(text, GENERATED, MODEL_ID, conf))
         return out
 
 

@@ -24,6 +24,7 @@ import re
 from pathlib import Path
 
 from ..errors import ExplorerError
+from ..modes import IMAGE
 from .base import VectorStore
 
 #: The backend names, the default first. ``hnswlib-pca<R>`` takes any R (see :data:`PCA_PATTERN`).
@@ -42,7 +43,7 @@ def check_backend(backend: str) -> str:
 
 
 def open_store(backend: str, directory: Path, name: str, dim: int, source: dict | None = None,
-               uri: str = "", modes_reduced: tuple[str, ...] = ("image",)) -> VectorStore:
+               uri: str = "", modes_reduced: tuple[str, ...] = (IMAGE,)) -> VectorStore:
     """A (not yet loaded) store of ``backend`` for the index ``name`` of ``dim``-d vectors.
 
     ``directory`` is the library's ``indices`` folder: every backend keeps its manifest there.

@@ -1,23 +1,22 @@
-"""Subcommands for the gallery-wide views: ``explorer duplicates`` and ``explorer map``
-(registered by ``explorer.cli``); ``explorer eval --per-query`` lives with ``eval``."""
+"""The gallery-wide views: ``explorer duplicates`` (exact and near-duplicate groups) and
+``explorer map`` (a 2-D embedding map as CSV); ``explorer eval --per-query`` lives with ``eval``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from ..core.errors import ExplorerError
+from ..core.modes import LEARNED
+from .common import add_library_and_model_options, open_library, percent_progress
+
 
 def cmd_duplicates(args) -> int:
-    from .cli import open_library
-    from .core.duplicates import find_duplicates
+    from ..core.duplicates import find_duplicates
 
     lib = open_library(args, must_exist=True)
-
-    def progress(msg, frac):
-        if not args.quiet and not args.json:
-            print(f"[{frac * 100:5.1f}%] {msg}", file=sys.stderr)
-
-    report = find_duplicates(lib, threshold=args.threshold, k=args.k, near=not args.exact_only, progress=progress)
+    report = find_duplicates(lib, threshold=args.threshold, k=args.k, near=not args.exact_only,
+                             progress=percent_progress(args.quiet or args.json))
     print(report.to_json() if args.json else "\n".join(report.summary_lines()))
     return 0
 
@@ -25,21 +24,18 @@ def cmd_duplicates(args) -> int:
 def cmd_map(args) -> int:
     import csv
 
-    from .cli import open_library
-    from .core.projection import gallery_map
+    from ..core.projection import gallery_map
 
     lib = open_library(args, must_exist=True)
     head = None
-    if args.representation == "learned":
+    if args.representation == LEARNED:
         if not args.head:
-            from .core.errors import ExplorerError
-
             raise ExplorerError("the learned map needs --head models/fusion-NAME.safetensors")
-        from .core.learned.io import load_head
+        from ..core.learned.io import load_head
 
         head = load_head(args.head, lib)
     m = gallery_map(lib, args.representation, method=args.method, head=head, use_cache=not args.no_cache,
-                    progress=(None if args.quiet else lambda msg, frac: print(f"[{frac * 100:5.1f}%] {msg}", file=sys.stderr)))
+                    progress=None if args.quiet else percent_progress(False))
     out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
     try:
         w = csv.writer(out)
@@ -55,17 +51,15 @@ def cmd_map(args) -> int:
     return 0
 
 
-def register(sub, add_library_option, add_model_options) -> None:
-    from .core.duplicates import DEFAULT_K, DEFAULT_THRESHOLD
-    from .core.projection import METHODS, REPRESENTATIONS
+def add_duplicates(sub) -> None:
+    from ..core.duplicates import DEFAULT_K, DEFAULT_THRESHOLD
 
     s = sub.add_parser("duplicates", help="groups of exact (same content) and near-duplicate (similar image vector) images",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Exact duplicates share a content hash; near duplicates have image-vector cosine "
                                    "similarity >= --threshold (k nearest neighbours from the image index, joined into groups).\n"
                                    "Exclude them from an evaluation with: explorer eval --exclude-duplicates [T] ...")
-    add_library_option(s)
-    add_model_options(s)
+    add_library_and_model_options(s)
     s.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help=f"cosine similarity (default {DEFAULT_THRESHOLD})")
     s.add_argument("--k", type=int, default=DEFAULT_K, help=f"neighbours looked at per image (default {DEFAULT_K})")
     s.add_argument("--exact-only", action="store_true", help="only identical files (no models needed)")
@@ -73,9 +67,12 @@ def register(sub, add_library_option, add_model_options) -> None:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_duplicates)
 
+
+def add_map(sub) -> None:
+    from ..core.projection import METHODS, REPRESENTATIONS
+
     s = sub.add_parser("map", help="2-D embedding map of the library as CSV (PCA, or UMAP when umap-learn is installed)")
-    add_library_option(s)
-    add_model_options(s)
+    add_library_and_model_options(s)
     s.add_argument("--representation", default="image", choices=REPRESENTATIONS)
     s.add_argument("--method", choices=METHODS, help="default: umap when installed, else pca")
     s.add_argument("--head", metavar="FILE", help="a trained fusion head (for --representation learned)")
