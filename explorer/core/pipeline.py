@@ -47,7 +47,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
-from sqlalchemy import delete, select
 
 from .captions import CaptionsFile
 from .captions.sources import EXTRA_SOURCES, REREAD_USER_SOURCES
@@ -57,7 +56,7 @@ from .library import Library
 from .models.base import Caption, Detection
 from .planning import RETRY_ERRORS, Planner, Work, caption_to_embed
 from .scanning import MAX_NAME_DISPLAY, Failure, ScanResult, display, resolve_roots, scan
-from .store import CaptionRow, DetectionRow, ImageRow, ModelRow, RunRow, VectorRow
+from .store import IndexedImage
 
 HASH_CHUNK = 1 << 20
 
@@ -378,110 +377,63 @@ class Indexer:
         ids = [d.work.image_id for d in decoded if d.work.image_id is not None]
         if not ids:
             return {}
-        out: dict[int, list[Detection]] = {}
-        with self.lib.store.session() as s:
-            for r in s.scalars(select(DetectionRow).where(DetectionRow.image_id.in_(ids))):
-                out.setdefault(r.image_id, []).append(Detection(r.label, r.score, r.box))
-        return out
+        return {iid: [Detection(label, score, box) for label, score, box in dets]
+                for iid, dets in self.lib.catalog.detections(ids).items() if dets}
 
     def _stored_captions(self, ids: list[int]) -> dict[int, dict[str, Caption]]:
         if not ids:
             return {}
-        out: dict[int, dict[str, Caption]] = {}
-        with self.lib.store.session() as s:
-            for c in s.scalars(select(CaptionRow).where(CaptionRow.image_id.in_(ids))):
-                out.setdefault(c.image_id, {})[c.source] = Caption(c.text, c.source, c.model_id, c.confidence)
-        return out
+        return self.lib.catalog.captions_by_source(ids)
 
     def _commit(self, batch, errors, dets, caps, img_vecs, texts, txt_vecs, summary, det_id, img_id, txt_id, ocrs=None) -> None:
+        """Write a batch in one transaction (``Store.write_index_batch``) and count it in ``summary``."""
         ocrs = ocrs or {}
-        store = self.lib.store
-        with store.Session.begin() as s:
-            seq = store.next_seq(s)
-            for d in batch:
-                w, key = d.work, id(d)
-                row = s.get(ImageRow, w.image_id) if w.image_id is not None else None
-                if row is None:
-                    row = ImageRow(path_key=w.path, path=display(w.path), folder=display(os.path.dirname(w.path)))
-                    s.add(row)
-                row.size, row.mtime_ns = w.st.st_size, w.st.st_mtime_ns
-                row.indexed_at = time.time()
-                err = d.error or errors.get(key)
-                if err:
-                    row.status, row.error = "error", err
-                    summary.failures.append(Failure(display(w.path), err))
-                    s.flush()
-                    s.execute(delete(VectorRow).where(VectorRow.image_id == row.id))
-                    continue
-                row.status, row.error = "ok", None
-                if d.digest:
-                    row.content_hash = d.digest
-                if d.loaded is not None:
-                    row.width, row.height = d.loaded.width, d.loaded.height
-                s.flush()
-                if key in dets:
-                    scale = d.loaded.scale
-                    s.execute(delete(DetectionRow).where(DetectionRow.image_id == row.id, DetectionRow.model_id != "ground-truth"))
-                    for det in dets[key]:
-                        x1, y1, x2, y2 = (v * scale for v in det.box)
-                        s.add(DetectionRow(image_id=row.id, model_id=det_id, label=det.label, score=det.score, x1=x1, y1=y1, x2=x2, y2=y2))
-                    row.detector_model = det_id
-                write = [("generated", caps.get(key)), ("ocr", ocrs.get(key))] + list(w.user_captions.items()) + list(w.extras.items())
-                for source, cap in write:
-                    if cap is None:
-                        continue
-                    existing = s.scalar(select(CaptionRow).where(CaptionRow.image_id == row.id, CaptionRow.source == source))
-                    if existing is None:
-                        s.add(CaptionRow(image_id=row.id, source=source, text=cap.text, model_id=cap.model_id, confidence=cap.confidence))
-                    else:
-                        existing.text, existing.model_id, existing.confidence = cap.text, cap.model_id, cap.confidence
-                # person-written captions and file-name words whose file text went away, and switched-off sources
-                gone = [src for src in REREAD_USER_SOURCES if src not in w.user_captions]
-                gone += [src for src in EXTRA_SOURCES if src != "ocr" and src not in w.extras]
-                if "ocr" not in self.sources:
-                    gone.append("ocr")
-                s.execute(delete(CaptionRow).where(CaptionRow.image_id == row.id, CaptionRow.source.in_(gone)))
-                for kind, model_id, vec in (("image", img_id, img_vecs.get(key)), ("caption", txt_id, txt_vecs.get(key))):
-                    if vec is None:
-                        continue
-                    v = np.ascontiguousarray(vec, np.float32)
-                    existing = s.scalar(select(VectorRow).where(VectorRow.image_id == row.id, VectorRow.kind == kind, VectorRow.model_id == model_id))
-                    if existing is None:
-                        s.add(VectorRow(image_id=row.id, kind=kind, model_id=model_id, dim=v.size, data=v.tobytes(), seq=seq))
-                    else:
-                        existing.data, existing.dim, existing.seq = v.tobytes(), v.size, seq
-                    seq += 1
-                if w.full or key in dets or key in caps or key in img_vecs or key in txt_vecs or key in ocrs:
-                    summary.indexed += 1
-                else:  # e.g. touched: the hash showed the same bytes, nothing was recomputed
-                    summary.unchanged += 1
+        items: list[IndexedImage] = []
+        for d in batch:
+            w, key = d.work, id(d)
+            it = IndexedImage(w.image_id, w.path, display(w.path), display(os.path.dirname(w.path)), w.st.st_size, w.st.st_mtime_ns)
+            items.append(it)
+            err = d.error or errors.get(key)
+            if err:
+                it.error = err
+                summary.failures.append(Failure(display(w.path), err))
+                continue
+            it.content_hash = d.digest
+            if d.loaded is not None:
+                it.width, it.height = d.loaded.width, d.loaded.height
+            if key in dets:
+                scale = d.loaded.scale
+                it.detector_model = det_id
+                it.detections = [(det.label, det.score, tuple(v * scale for v in det.box)) for det in dets[key]]
+            write = [("generated", caps.get(key)), ("ocr", ocrs.get(key))] + list(w.user_captions.items()) + list(w.extras.items())
+            it.captions = [(source, cap.text, cap.model_id, cap.confidence) for source, cap in write if cap is not None]
+            # person-written captions and file-name words whose file text went away, and switched-off sources
+            gone = [src for src in REREAD_USER_SOURCES if src not in w.user_captions]
+            gone += [src for src in EXTRA_SOURCES if src != "ocr" and src not in w.extras]
+            if "ocr" not in self.sources:
+                gone.append("ocr")
+            it.drop_sources = gone
+            it.vectors = [(kind, model_id, vec) for kind, model_id, vec in
+                          (("image", img_id, img_vecs.get(key)), ("caption", txt_id, txt_vecs.get(key))) if vec is not None]
+            if w.full or key in dets or key in caps or key in img_vecs or key in txt_vecs or key in ocrs:
+                summary.indexed += 1
+            else:  # e.g. touched: the hash showed the same bytes, nothing was recomputed
+                summary.unchanged += 1
+        self.lib.store.write_index_batch(items)
 
     # -- bookkeeping ----------------------------------------------------------------------------------
     def _record_models(self) -> None:
-        with self.lib.store.Session.begin() as s:
-            for role in ("image", "text", "captioner", "detector"):
-                m = self.lib.loader.get(role)
-                if s.get(ModelRow, m.model_id) is None:
-                    s.add(ModelRow(model_id=m.model_id, role=role, dim=getattr(m, "dim", None), weights=getattr(m, "weights_path", None)))
+        models = [self.lib.loader.get(role) for role in ("image", "text", "captioner", "detector")]
+        self.lib.store.record_models([(m.model_id, role, getattr(m, "dim", None), getattr(m, "weights_path", None))
+                                      for role, m in zip(("image", "text", "captioner", "detector"), models)])
 
     def _start_run(self, roots: list[bytes]) -> int:
-        with self.lib.store.Session.begin() as s:
-            # a run still marked running was killed: say so
-            for r in s.scalars(select(RunRow).where(RunRow.status == "running")):
-                r.status = "crashed"
-            run = RunRow(folders=json.dumps([display(r) for r in roots]), settings=json.dumps(self.lib.settings.to_dict()))
-            s.add(run)
-            s.flush()
-            return run.id
+        return self.lib.store.start_run(json.dumps([display(r) for r in roots]), json.dumps(self.lib.settings.to_dict()))
 
     def _finish_run(self, run_id: int, summary: IndexSummary, failed: bool = False) -> None:
+        status = "cancelled" if summary.cancelled else "failed" if failed else "done"
         try:
-            with self.lib.store.Session.begin() as s:
-                run = s.get(RunRow, run_id)
-                run.finished = time.time()
-                run.status = "cancelled" if summary.cancelled else "failed" if failed else "done"
-                run.n_indexed, run.n_skipped = summary.indexed, summary.unchanged
-                run.n_failed, run.n_removed = len(summary.failures), summary.removed
+            self.lib.store.finish_run(run_id, status, summary.indexed, summary.unchanged, len(summary.failures), summary.removed)
         except Exception:  # noqa: BLE001 - e.g. a full disk: the next writer marks the run interrupted
             if not failed:
                 raise

@@ -16,14 +16,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import select
-
 from .captions import CaptionsFile, metadata_caption, name_captions, read_sidecar
 from .captions.sources import REREAD_USER_SOURCES, compose
 from .edits import MAX_CAPTION_CHARS
 from .models.base import Caption
 from .scanning import Failure, ScanResult, display
-from .store import CaptionRow, ImageRow, VectorRow
 
 #: Failures about access rather than content (a chmod or a file being replaced does not change the
 #: size or mtime): such files are retried on every run, unlike files whose bytes are bad.
@@ -130,68 +127,59 @@ class Planner:
         detector, captioner, image_enc, text_enc = models
         seen = {p for p, _ in result.files}
         work: list[Work] = []
-        with self.lib.store.Session.begin() as s:
-            rows: dict[bytes, ImageRow] = {}
-            for root in roots:
-                prefix = root.rstrip(b"/") + b"/"
-                q = select(ImageRow).where(ImageRow.path_key >= prefix, ImageRow.path_key < prefix[:-1] + b"0")
-                rows.update({r.path_key: r for r in s.scalars(q)})
-            # files reached through a symlink may resolve outside every root: look them up by path,
-            # or they would be inserted a second time (the path is unique)
-            outside = [p for p in seen if p not in rows]
-            for i in range(0, len(outside), 500):
-                rows.update({r.path_key: r for r in s.scalars(select(ImageRow).where(ImageRow.path_key.in_(outside[i:i + 500])))})
-            # vanished files (not below an unreadable folder) are removed
-            blocked = [u.rstrip(b"/") + b"/" for u in result.unreadable]
-            gone = [r for k, r in rows.items() if k not in seen and not any(k.startswith(b) for b in blocked)]
-            for r in gone:
-                s.delete(r)
-            summary.removed = len(gone)
-            ids = [r.id for r in rows.values() if r.status == "ok"]
-            have_img = set(s.scalars(select(VectorRow.image_id).where(VectorRow.kind == "image", VectorRow.model_id == image_enc.model_id)))
-            have_txt = set(s.scalars(select(VectorRow.image_id).where(VectorRow.kind == "caption", VectorRow.model_id == text_enc.model_id)))
-            caps: dict[int, dict[str, CaptionRow]] = {}
-            for i in range(0, len(ids), 500):  # only this run's folders, not the whole library
-                for c in s.scalars(select(CaptionRow).where(CaptionRow.image_id.in_(ids[i:i + 500]))):
-                    caps.setdefault(c.image_id, {})[c.source] = c
-            want_ocr = "ocr" in self.sources
-            for path, st in result.files:
-                users = self.user_captions(path, path in result.sidecars)
-                extras = name_captions(path, self.sources)
-                row = rows.get(path)
-                if row is None:
-                    work.append(Work(path, st, None, user_captions=users, extras=extras, ocr=want_ocr and not users))
-                    continue
-                same_stat = row.size == st.st_size and row.mtime_ns == st.st_mtime_ns
-                if row.status != "ok" and (not same_stat or (row.error or "").startswith(RETRY_ERRORS)):
-                    work.append(Work(path, st, row.id, user_captions=users, extras=extras, ocr=want_ocr and not users))
-                    continue
-                if row.status != "ok":
-                    summary.failures.append(Failure(row.path, f"{row.error} (unchanged since an earlier run)"))
-                    continue
-                mine = caps.get(row.id, {})
-                stored_users = {k: mine[k].text for k in REREAD_USER_SOURCES if k in mine}
-                rows_changed = stored_users != {k: c.text for k, c in users.items()}
-                old_user = compose([mine[k] for k in REREAD_USER_SOURCES if k in mine])
-                new_user = compose(users)
-                user_changed = (old_user.text if old_user else None) != (new_user.text if new_user else None)
-                extras_changed = {k: mine[k].text for k in ("filename", "folder") if k in mine} != {k: c.text for k, c in extras.items()}
-                user = compose(users) if users else None
-                w = Work(path, st, row.id, full=False, user_captions=users, extras=extras, rows=rows_changed)
-                w.ocr = want_ocr and user is None and "ocr" not in mine
-                ocr_dropped = not want_ocr and "ocr" in mine
-                if not same_stat:
-                    w.verify_hash = row.content_hash or ""
-                w.detect = row.detector_model != detector.model_id
-                gen = mine.get("generated")
-                has_override = user is not None or "user-edited" in mine or "ground-truth" in mine
-                w.caption = not has_override and (gen is None or gen.model_id != captioner.model_id or w.detect)
-                w.image = row.id not in have_img
-                w.text = row.id not in have_txt or user_changed or w.caption or extras_changed or ocr_dropped
-                if w.detect or w.caption or w.image or w.text or w.ocr or w.rows or w.verify_hash is not None:
-                    work.append(w)
-                else:
-                    summary.unchanged += 1
+        catalog = self.lib.catalog
+        rows = catalog.states_under(roots)
+        # files reached through a symlink may resolve outside every root: look them up by path,
+        # or they would be inserted a second time (the path is unique)
+        rows.update(catalog.states_by_key([p for p in seen if p not in rows]))
+        # vanished files (not below an unreadable folder) are removed
+        blocked = [u.rstrip(b"/") + b"/" for u in result.unreadable]
+        gone = [r for k, r in rows.items() if k not in seen and not any(k.startswith(b) for b in blocked)]
+        if gone:
+            self.lib.store.delete_images([r.image_id for r in gone])
+        summary.removed = len(gone)
+        ids = [r.image_id for k, r in rows.items() if r.status == "ok" and k in seen]
+        have_img = catalog.ids_with_vector("image", image_enc.model_id)
+        have_txt = catalog.ids_with_vector("caption", text_enc.model_id)
+        caps = catalog.captions_by_source(ids)  # only this run's folders, not the whole library
+        want_ocr = "ocr" in self.sources
+        for path, st in result.files:
+            users = self.user_captions(path, path in result.sidecars)
+            extras = name_captions(path, self.sources)
+            row = rows.get(path)
+            if row is None:
+                work.append(Work(path, st, None, user_captions=users, extras=extras, ocr=want_ocr and not users))
+                continue
+            same_stat = row.size == st.st_size and row.mtime_ns == st.st_mtime_ns
+            if row.status != "ok" and (not same_stat or (row.error or "").startswith(RETRY_ERRORS)):
+                work.append(Work(path, st, row.image_id, user_captions=users, extras=extras, ocr=want_ocr and not users))
+                continue
+            if row.status != "ok":
+                summary.failures.append(Failure(row.path, f"{row.error} (unchanged since an earlier run)"))
+                continue
+            mine = caps.get(row.image_id, {})
+            stored_users = {k: mine[k].text for k in REREAD_USER_SOURCES if k in mine}
+            rows_changed = stored_users != {k: c.text for k, c in users.items()}
+            old_user = compose([mine[k] for k in REREAD_USER_SOURCES if k in mine])
+            new_user = compose(users)
+            user_changed = (old_user.text if old_user else None) != (new_user.text if new_user else None)
+            extras_changed = {k: mine[k].text for k in ("filename", "folder") if k in mine} != {k: c.text for k, c in extras.items()}
+            user = compose(users) if users else None
+            w = Work(path, st, row.image_id, full=False, user_captions=users, extras=extras, rows=rows_changed)
+            w.ocr = want_ocr and user is None and "ocr" not in mine
+            ocr_dropped = not want_ocr and "ocr" in mine
+            if not same_stat:
+                w.verify_hash = row.content_hash or ""
+            w.detect = row.detector_model != detector.model_id
+            gen = mine.get("generated")
+            has_override = user is not None or "user-edited" in mine or "ground-truth" in mine
+            w.caption = not has_override and (gen is None or gen.model_id != captioner.model_id or w.detect)
+            w.image = row.image_id not in have_img
+            w.text = row.image_id not in have_txt or user_changed or w.caption or extras_changed or ocr_dropped
+            if w.detect or w.caption or w.image or w.text or w.ocr or w.rows or w.verify_hash is not None:
+                work.append(w)
+            else:
+                summary.unchanged += 1
         summary.failures.extend(result.problems)
         summary.notes.extend(self._notes)
         self._notes = []
