@@ -230,7 +230,7 @@ def query_scores(library: Library, gt_spec: str | GroundTruth, mode: str, rerank
                  learned_head=None) -> tuple[list[Path], list[Path], np.ndarray]:
     """(query paths, gallery paths, scores) exactly as ``run_evaluation`` ranks them for one mode
     and reranking (``-inf`` at each query's own gallery position)."""
-    alpha = library.alpha if alpha is None else float(alpha)
+    alpha = library.fused_index_alpha if alpha is None else float(alpha)
     st = _setup(library, gt_spec)
     learned = None
     if mode == "learned":
@@ -263,7 +263,7 @@ def run_evaluation(
     """
     t0 = time.perf_counter()
     emit = progress or (lambda msg, frac: None)
-    alpha = library.alpha if alpha is None else float(alpha)
+    alpha = library.fused_index_alpha if alpha is None else float(alpha)
     if not 0.0 <= alpha <= 1.0:
         raise ExplorerError(f"alpha must be in [0, 1], got {alpha}")
     unknown = [m for m in modes if m not in EVAL_MODES + ("learned",)]

@@ -204,7 +204,7 @@ def representation_vectors(library, representation: str, ids=None, head=None):
     elif representation == "caption":
         X = g.caption
     elif representation == "fused":
-        X = fusion.fuse_gallery(g.image, g.caption, library.alpha, g.weights, library.shared_space)
+        X = fusion.fuse_gallery(g.image, g.caption, library.fused_index_alpha, g.weights, library.shared_space)
     else:
         from .learned import learned_vectors_for_eval
 
@@ -216,7 +216,7 @@ def cache_key(library, representation: str, method: str, head=None, clusters: in
     parts = {
         "v": CACHE_VERSION, "stamp": library.store.gallery_stamp(), "rep": representation, "method": method,
         "image": library.image_model.model_id, "text": library.text_model.model_id, "clusters": clusters,
-        "alpha": library.alpha if representation == "fused" else None,
+        "alpha": library.fused_index_alpha if representation == "fused" else None,
         "head": getattr(head, "fingerprint", None) if representation == "learned" else None,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
