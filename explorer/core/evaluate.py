@@ -143,11 +143,8 @@ def image_labels(library: Library, gt_spec: str | GroundTruth) -> dict[int, str]
     return out
 
 
-def _fused_matrices(q: GalleryVectors, g: GalleryVectors, alpha: float, w_q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    aw = (alpha * w_q)[:, None]
-    Q = np.concatenate([q.image, aw * q.caption, -aw * q.image], axis=1)
-    G = np.concatenate([g.image, g.weights[:, None] * g.caption, g.weights[:, None] * g.image], axis=1)
-    return Q.astype(np.float32), G.astype(np.float32)
+#: the fused matrices' old name here (their one home is ``fusion.fused_matrices``)
+_fused_matrices = fusion.fused_matrices
 
 
 def mode_space(mode: str, q: GalleryVectors, g: GalleryVectors, alpha: float, learned=None):
@@ -289,7 +286,7 @@ def run_evaluation(
         if mode == "caption":
             return Qv.caption, Gv.caption
         if mode == "fused":
-            return _fused_matrices(Qv, Gv, a, Qv.weights)
+            return fusion.fused_matrices(Qv, Gv, a, Qv.weights)
         if mode == "learned":
             return learned
         raise AssertionError(mode)
@@ -315,7 +312,7 @@ def run_evaluation(
             if cancel is not None and cancel.is_set():
                 raise Cancelled("evaluation cancelled")
             emit(f"alpha sweep {a:.1f}", 0.8 + 0.2 * a)
-            Q, G = _fused_matrices(Qv, Gv, a, Qv.weights)
+            Q, G = fusion.fused_matrices(Qv, Gv, a, Qv.weights)
             sweep.append((a, evaluate_embeddings(Q, G, relevance, mode=f"alpha={a}", ks=(1,)).map))
     comparisons = {}
     base = next((r for r in results if r.mode == "image"), None)
