@@ -16,6 +16,12 @@ before rebuild once from the stored vectors.
 
 A database file that is empty or not SQLite is refused as corrupt (never silently replaced by
 a new library). A database on read-only media is opened read-only (``immutable``).
+
+**Only the catalog and the store speak SQL**: every write anywhere in the app is a named method
+here (one per statement or per transaction that must stay one), reads are ``catalog.Catalog``'s.
+
+Long because: it is the one home of the schema, the never-reused counters and every write
+statement; splitting it would scatter the SQL this rule keeps in one place.
 """
 
 from __future__ import annotations
