@@ -444,7 +444,7 @@ def time_queries(searchers: list, query_path: str, n_warm: int, n_timed: int) ->
             order.reverse()
         for si in order:
             searcher = searchers[si]
-            alpha = searcher.lib.alpha
+            alpha = searcher.lib.fused_index_alpha
             t0 = time.perf_counter()
             pq = searcher.prepare(spec)
             try:
@@ -494,7 +494,7 @@ def ann_breakdown(searcher, query_path: str, reps: int = 20) -> dict:
     lib = searcher.lib
     pq = searcher.prepare(QuerySpec(image=query_path))
     qs = {"image": pq.image_vec, "caption": pq.caption_vec,
-          "fused": fusion.fuse_query(pq.image_vec, pq.caption_vec, lib.alpha, lib.shared_space)}
+          "fused": fusion.fuse_query(pq.image_vec, pq.caption_vec, lib.fused_index_alpha, lib.shared_space)}
     out = {}
     for mode, q in qs.items():
         vi = lib.index(mode)
@@ -548,7 +548,7 @@ def search_path_recall(searcher, held_img, held_cap, held_proto, bank: CaptionBa
 
     lib = searcher.lib
     gal = lib.gallery_vectors()
-    alpha = lib.alpha
+    alpha = lib.fused_index_alpha
     out = {m: [] for m in ("image", "caption", "fused")}
     errors: list[str] = []
     for j in range(min(n_queries, len(held_img))):
@@ -642,7 +642,7 @@ def finish_size(ctx: dict, args, bank: CaptionBank, query_path: str) -> dict:
         # recall on the same indices, 200 held-out queries from the same distribution
         held_img, held_proto = ctx["held_img"], ctx["held_proto"]
         held_cap = bank.vecs[held_proto]
-        held_fused = np.stack([fusion.fuse_query(a, b, lib.alpha, False) for a, b in zip(held_img, held_cap)])
+        held_fused = np.stack([fusion.fuse_query(a, b, lib.fused_index_alpha, False) for a, b in zip(held_img, held_cap)])
         out["recall"] = {}
         for mode, q in (("image", held_img), ("caption", held_cap), ("fused", held_fused)):
             out["recall"][mode] = recall_study(mode, ctx["built"][mode], q, lib.index(mode), index_mod.DEFAULT_EF)

@@ -96,7 +96,7 @@ def test_fused_not_below_image_only_on_fashion_mnist(tmp_path_factory, loader):
     order = [paths[int(i)] for i in v.ids]
     rel = gt.relevance_source(order, order)
     naive = GalleryVectors(v.ids, v.image, v.caption, np.ones_like(v.weights))
-    Q, G = _fused_matrices(naive, naive, lib.alpha, naive.weights)
+    Q, G = _fused_matrices(naive, naive, lib.fused_index_alpha, naive.weights)
     naive_map = evaluate_embeddings(Q, G, rel).map
     assert naive_map < maps["image"], (naive_map, maps)
 

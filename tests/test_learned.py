@@ -341,7 +341,7 @@ def test_untrained_head_scores_exactly_like_the_alpha_fused_mode(lib, captioned,
     assert (fs.weight < 1).any() and (fs.weight > 0).any()  # generated captions: weights between 0 and 1 matter
     cfg = make_head_config(lib, use_boxes=True)
     head = FusionHead(cfg)  # random residual weights, gate exactly 0
-    assert float(head.gate.detach()) == 0.0 and not head.block_scale.detach().any() and cfg.alpha == lib.alpha
+    assert float(head.gate.detach()) == 0.0 and not head.block_scale.detach().any() and cfg.alpha == lib.fused_index_alpha
     path = save_head(head, tmp_path / "untrained.safetensors")
     head = load_head(path, lib)
     q, g = learned_vectors_for_eval(head, lib, fs.ids.tolist())
@@ -349,7 +349,7 @@ def test_untrained_head_scores_exactly_like_the_alpha_fused_mode(lib, captioned,
 
     for i in (0, 5, len(fs) - 1):
         ci, cc = fs.image @ fs.image[i], fs.caption @ fs.caption[i]
-        want = fusion.fused_scores(ci, cc, lib.alpha, float(fs.weight[i]), fs.weight)  # the formula's one home
+        want = fusion.fused_scores(ci, cc, lib.fused_index_alpha, float(fs.weight[i]), fs.weight)  # the formula's one home
         np.testing.assert_allclose(g @ q[i], want, atol=2e-6)
     gt = captioned[1]  # five broad labels over the sample photos (this library keeps its generated captions)
     rep = run_evaluation(lib, gt, modes=("image", "fused", "learned"), learned_head=head)

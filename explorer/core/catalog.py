@@ -2,8 +2,9 @@
 
 Only the catalog and the store speak SQL. Code outside them (the window, the CLI, search,
 evaluation) asks the catalog a question by name and gets plain Python values back, never
-ORM rows or sessions. Writes go through ``Store`` and the modules that own them
-(``pipeline``, ``edits``).
+ORM rows or sessions. Every write is a named method of ``Store``. One method per question,
+each with a docstring line; the indexer, edits, ground-truth import, the library's index sync
+and caption explanations read through here too.
 
 **One path normalisation.** The library stores every image under ``path_key``: the real path
 (symlinks resolved) as OS bytes, exactly as the indexer's scanner finds it. ``path_key(p)``
@@ -20,9 +21,10 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
 from .errors import ExplorerError
+from .models.base import Caption
 from .captions.sources import JOIN, caption_rank, compose
 from .store import BoxMetaRow, CaptionRow, DetectionRow, ImageRow, Store, VectorRow
 
@@ -36,6 +38,30 @@ def path_key(path: str | bytes | os.PathLike) -> bytes:
 def real_folder(path: str | os.PathLike) -> str:
     """A folder as the catalog's folder prefixes name it (real path, display form)."""
     return os.fsdecode(path_key(path))
+
+
+@dataclass(frozen=True)
+class ImageState:
+    """One library image's stored file facts, as the indexer plans with them (no captions, no vectors)."""
+
+    image_id: int
+    path_key: bytes
+    path: str
+    status: str
+    error: str | None
+    size: int
+    mtime_ns: int
+    content_hash: str | None
+    detector_model: str | None
+    caption_agreement: float | None
+
+
+_STATE_COLUMNS = (ImageRow.id, ImageRow.path_key, ImageRow.path, ImageRow.status, ImageRow.error, ImageRow.size,
+                  ImageRow.mtime_ns, ImageRow.content_hash, ImageRow.detector_model, ImageRow.caption_agreement)
+
+
+def _state(r) -> ImageState:
+    return ImageState(*r)
 
 
 @dataclass
@@ -96,6 +122,115 @@ class Catalog:
                 for k, iid, status in s.execute(q):
                     out[k] = (iid, status)
         return out
+
+    def image_state(self, path: str | bytes | os.PathLike) -> ImageState | None:
+        """The stored facts of the library image at ``path`` (any spelling of it), or None."""
+        with self.store.session() as s:
+            r = s.execute(select(*_STATE_COLUMNS).where(ImageRow.path_key == path_key(path))).first()
+        return _state(r) if r is not None else None
+
+    # -- what the indexer plans with -----------------------------------------------------------
+    def states_under(self, roots: list[bytes]) -> dict[bytes, ImageState]:
+        """``{path_key: state}`` of every library image below the real folders ``roots`` (OS bytes)."""
+        out: dict[bytes, ImageState] = {}
+        with self.store.session() as s:
+            for root in roots:
+                prefix = root.rstrip(b"/") + b"/"
+                q = select(*_STATE_COLUMNS).where(ImageRow.path_key >= prefix, ImageRow.path_key < prefix[:-1] + b"0")
+                out.update({r[1]: _state(r) for r in s.execute(q)})
+        return out
+
+    def states_by_key(self, keys) -> dict[bytes, ImageState]:
+        """``{path_key: state}`` for those of the path keys ``keys`` (already real, OS bytes) in the library."""
+        keys = list(keys)
+        out: dict[bytes, ImageState] = {}
+        with self.store.session() as s:
+            for i in range(0, len(keys), 500):
+                out.update({r[1]: _state(r) for r in s.execute(select(*_STATE_COLUMNS).where(ImageRow.path_key.in_(keys[i:i + 500])))})
+        return out
+
+    def states_by_id(self, ids) -> dict[int, ImageState]:
+        """``{image id: state}`` for those of ``ids`` in the library."""
+        ids = [int(i) for i in ids]
+        out: dict[int, ImageState] = {}
+        with self.store.session() as s:
+            for i in range(0, len(ids), 500):
+                out.update({r[0]: _state(r) for r in s.execute(select(*_STATE_COLUMNS).where(ImageRow.id.in_(ids[i:i + 500])))})
+        return out
+
+    def ok_path_keys(self) -> dict[bytes, int]:
+        """``{path_key: image id}`` of every indexed (status ok) image."""
+        with self.store.session() as s:
+            return {pk: iid for iid, pk in s.execute(select(ImageRow.id, ImageRow.path_key).where(ImageRow.status == "ok"))}
+
+    def ids_with_vector(self, kind: str, model_id: str) -> set[int]:
+        """Ids of the images (any status) that have a stored vector of ``kind`` made by ``model_id``."""
+        with self.store.session() as s:
+            return set(s.scalars(select(VectorRow.image_id).where(VectorRow.kind == kind, VectorRow.model_id == model_id)))
+
+    def captions_by_source(self, ids) -> dict[int, dict[str, Caption]]:
+        """``{image id: {source: Caption}}`` of the stored caption rows of ``ids`` (images without any are absent)."""
+        ids = [int(i) for i in ids]
+        out: dict[int, dict[str, Caption]] = {}
+        with self.store.session() as s:
+            for i in range(0, len(ids), 500):
+                for c in s.scalars(select(CaptionRow).where(CaptionRow.image_id.in_(ids[i:i + 500]))):
+                    out.setdefault(c.image_id, {})[c.source] = Caption(c.text, c.source, c.model_id, c.confidence)
+        return out
+
+    # -- what the library's index sync and caption agreement read --------------------------------
+    def ok_vector_ids(self, kind: str, model_id: str) -> set[int]:
+        """Ids of the indexed (status ok) images with a vector of ``kind`` made by ``model_id``."""
+        with self.store.session() as s:
+            return set(s.scalars(select(VectorRow.image_id).join(ImageRow).where(
+                ImageRow.status == "ok", VectorRow.kind == kind, VectorRow.model_id == model_id)))
+
+    def vectors_since(self, kind: str, model_id: str, seq_high: int) -> list[tuple[int, int, bytes, int]]:
+        """``(image id, dim, data, seq)`` of the ok images' ``kind`` vectors of ``model_id`` written after ``seq_high``."""
+        with self.store.session() as s:
+            q = select(VectorRow.image_id, VectorRow.dim, VectorRow.data, VectorRow.seq).join(ImageRow).where(
+                VectorRow.kind == kind, VectorRow.model_id == model_id, ImageRow.status == "ok", VectorRow.seq > seq_high)
+            return [tuple(r) for r in s.execute(q).all()]
+
+    def pair_ids_since(self, image_model: str, text_model: str, seq_high: int) -> list[int]:
+        """Sorted ids of the ok images whose image vector (``image_model``) or caption vector
+        (``text_model``) was written after ``seq_high``."""
+        with self.store.session() as s:
+            q = select(VectorRow.image_id).join(ImageRow).where(
+                ImageRow.status == "ok", VectorRow.seq > seq_high,
+                or_((VectorRow.kind == "image") & (VectorRow.model_id == image_model),
+                    (VectorRow.kind == "caption") & (VectorRow.model_id == text_model)))
+            return sorted(set(s.scalars(q)))
+
+    def highest_seq_since(self, seq_high: int) -> int:
+        """The highest vector seq in the library above ``seq_high`` (any kind, model or status), else ``seq_high``."""
+        with self.store.session() as s:
+            return max([seq_high] + [v for v in s.scalars(select(VectorRow.seq).where(VectorRow.seq > seq_high))])
+
+    def pair_vector_seqs(self, image_model: str, text_model: str) -> list[tuple[int, str, int]]:
+        """``(image id, kind, seq)`` of every ok image's image vector (``image_model``) and caption vector
+        (``text_model``), ordered by image id then kind: what caption agreement is computed from."""
+        with self.store.session() as s:
+            return [tuple(r) for r in s.execute(select(VectorRow.image_id, VectorRow.kind, VectorRow.seq).join(ImageRow).where(
+                ImageRow.status == "ok", or_((VectorRow.kind == "image") & (VectorRow.model_id == image_model),
+                                            (VectorRow.kind == "caption") & (VectorRow.model_id == text_model)))
+                .order_by(VectorRow.image_id, VectorRow.kind)).all()]
+
+    def path_keys(self, ids) -> dict[int, bytes]:
+        """``{image id: path_key}`` for ``ids`` (above 20,000 ids: of the whole library, one scan)."""
+        ids = [int(i) for i in ids]
+        with self.store.session() as s:
+            if len(ids) <= 20000:
+                return dict(s.execute(select(ImageRow.id, ImageRow.path_key).where(ImageRow.id.in_(ids))).all())
+            return dict(s.execute(select(ImageRow.id, ImageRow.path_key)).all())
+
+    def caption_agreements(self, ids) -> dict[int, float | None]:
+        """``{image id: caption agreement}`` for ``ids`` (above 20,000 ids: of the whole library, one scan)."""
+        ids = [int(i) for i in ids]
+        with self.store.session() as s:
+            if len(ids) <= 20000:
+                return dict(s.execute(select(ImageRow.id, ImageRow.caption_agreement).where(ImageRow.id.in_(ids))).all())
+            return dict(s.execute(select(ImageRow.id, ImageRow.caption_agreement)).all())
 
     # -- browsing ----------------------------------------------------------------------------
     def count_images(self, status: str | None = "ok") -> int:
@@ -247,4 +382,4 @@ class Catalog:
         return out
 
 
-__all__ = ["Catalog", "ImageInfo", "path_key", "real_folder"]
+__all__ = ["Catalog", "ImageInfo", "ImageState", "path_key", "real_folder"]

@@ -10,13 +10,9 @@ not for the duration of a model call (indexing may be writing at the same time).
 
 from __future__ import annotations
 
-import numpy as np
-from sqlalchemy import delete, select
-
 from .errors import ExplorerError
 from .captions.sources import USER_EDITED, compose
 from .models.base import Caption
-from .store import CaptionRow, ImageRow, VectorRow
 
 USER_SOURCE = USER_EDITED
 USER_MODEL_ID = "user"
@@ -26,9 +22,7 @@ MAX_CAPTION_CHARS = 2000
 def active_caption(library, image_id: int):
     """The caption retrieval uses for ``image_id`` (``captions.sources.compose``: the most trusted
     person-written one, else the machine parts joined), or None."""
-    with library.store.session() as s:
-        rows = list(s.scalars(select(CaptionRow).where(CaptionRow.image_id == int(image_id))))
-    return compose(rows)
+    return library.catalog.active_caption(image_id)
 
 
 def set_user_caption(library, image_id: int, text: str) -> None:
@@ -58,17 +52,13 @@ def set_captions(library, items, source: str, model_id: str, strict: bool = Fals
 
 def _set_captions(library, items, source: str, model_id: str, strict: bool, batch: int) -> int:
     text_model = library.loader.get("text")
-    store = library.store
     items = [(int(i), " ".join((t or "").split())) for i, t in items]
     done = 0
     for start in range(0, len(items), batch):
         chunk = items[start:start + batch]
         ids = [i for i, _ in chunk]
-        with store.session() as s:
-            rows = {r.id: r for r in s.scalars(select(ImageRow).where(ImageRow.id.in_(ids)))}
-            caps: dict[int, list[CaptionRow]] = {}
-            for c in s.scalars(select(CaptionRow).where(CaptionRow.image_id.in_(ids))):
-                caps.setdefault(c.image_id, []).append(c)
+        rows = library.catalog.states_by_id(ids)
+        caps = library.catalog.captions_by_source(ids)
         plan = []
         for image_id, text in chunk:
             row = rows.get(image_id)
@@ -78,7 +68,7 @@ def _set_captions(library, items, source: str, model_id: str, strict: bool, batc
                         f"is not indexed ({row.error or row.status}); fix the file and index again"
                     raise ExplorerError(f"{'image ' + str(image_id) if row is None else row.path} {why}")
                 continue
-            after = {c.source: Caption(c.text, c.source, c.model_id, c.confidence) for c in caps.get(image_id, []) if c.source != source}
+            after = {src: c for src, c in caps.get(image_id, {}).items() if src != source}
             if text:
                 after[source] = Caption(text, source, model_id, 1.0)
             composed = compose(after)
@@ -86,30 +76,7 @@ def _set_captions(library, items, source: str, model_id: str, strict: bool, batc
             plan.append((image_id, text, active))
         to_embed = [a for _, _, a in plan if a is not None]
         vecs = iter(text_model.embed_texts(to_embed)) if to_embed else iter(())
-        with store.Session.begin() as s:
-            seq = store.next_seq(s)
-            for image_id, text, active in plan:
-                existing = s.scalar(select(CaptionRow).where(CaptionRow.image_id == image_id, CaptionRow.source == source))
-                if text:
-                    if existing is None:
-                        s.add(CaptionRow(image_id=image_id, source=source, text=text, model_id=model_id, confidence=1.0))
-                    else:
-                        existing.text, existing.model_id, existing.confidence = text, model_id, 1.0
-                elif existing is not None:
-                    s.delete(existing)
-                cur = s.scalar(select(VectorRow).where(VectorRow.image_id == image_id, VectorRow.kind == "caption",
-                                                       VectorRow.model_id == text_model.model_id))
-                if active is None:
-                    if cur is not None:
-                        s.execute(delete(VectorRow).where(VectorRow.id == cur.id))
-                    continue
-                vec = np.ascontiguousarray(next(vecs), np.float32)
-                if cur is None:
-                    s.add(VectorRow(image_id=image_id, kind="caption", model_id=text_model.model_id, dim=vec.size,
-                                    data=vec.tobytes(), seq=seq))
-                else:
-                    cur.data, cur.dim, cur.seq = vec.tobytes(), vec.size, seq
-                seq += 1
-                done += 1
+        done += library.store.write_captions(source, model_id, text_model.model_id,
+                                             [(image_id, text, next(vecs) if active is not None else None) for image_id, text, active in plan])
     library.sync_indices()
     return done

@@ -146,11 +146,8 @@ def image_labels(library: Library, gt_spec: str | GroundTruth) -> dict[int, str]
     return out
 
 
-def _fused_matrices(q: GalleryVectors, g: GalleryVectors, alpha: float, w_q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    aw = (alpha * w_q)[:, None]
-    Q = np.concatenate([q.image, aw * q.caption, -aw * q.image], axis=1)
-    G = np.concatenate([g.image, g.weights[:, None] * g.caption, g.weights[:, None] * g.image], axis=1)
-    return Q.astype(np.float32), G.astype(np.float32)
+#: the fused matrices' old name here (their one home is ``fusion.fused_matrices``)
+_fused_matrices = fusion.fused_matrices
 
 
 def mode_space(mode: str, q: GalleryVectors, g: GalleryVectors, alpha: float, learned=None):
@@ -233,7 +230,7 @@ def query_scores(library: Library, gt_spec: str | GroundTruth, mode: str, rerank
                  learned_head=None) -> tuple[list[Path], list[Path], np.ndarray]:
     """(query paths, gallery paths, scores) exactly as ``run_evaluation`` ranks them for one mode
     and reranking (``-inf`` at each query's own gallery position)."""
-    alpha = library.alpha if alpha is None else float(alpha)
+    alpha = library.fused_index_alpha if alpha is None else float(alpha)
     st = _setup(library, gt_spec)
     learned = None
     if mode == LEARNED:
@@ -266,7 +263,7 @@ def run_evaluation(
     """
     t0 = time.perf_counter()
     emit = progress or (lambda msg, frac: None)
-    alpha = library.alpha if alpha is None else float(alpha)
+    alpha = library.fused_index_alpha if alpha is None else float(alpha)
     if not 0.0 <= alpha <= 1.0:
         raise ExplorerError(f"alpha must be in [0, 1], got {alpha}")
     unknown = [m for m in modes if m not in ALL_MODES]
@@ -292,7 +289,7 @@ def run_evaluation(
         if mode == CAPTION:
             return Qv.caption, Gv.caption
         if mode == FUSED:
-            return _fused_matrices(Qv, Gv, a, Qv.weights)
+            return fusion.fused_matrices(Qv, Gv, a, Qv.weights)
         if mode == LEARNED:
             return learned
         raise AssertionError(mode)
@@ -318,7 +315,7 @@ def run_evaluation(
             if cancel is not None and cancel.is_set():
                 raise Cancelled("evaluation cancelled")
             emit(f"alpha sweep {a:.1f}", 0.8 + 0.2 * a)
-            Q, G = _fused_matrices(Qv, Gv, a, Qv.weights)
+            Q, G = fusion.fused_matrices(Qv, Gv, a, Qv.weights)
             sweep.append((a, evaluate_embeddings(Q, G, relevance, mode=f"alpha={a}", ks=(1,)).map))
     comparisons = {}
     base = next((r for r in results if r.mode == IMAGE), None)

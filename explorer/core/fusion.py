@@ -66,6 +66,16 @@ def fused_scores(cos_image: np.ndarray, cos_caption: np.ndarray, alpha: float, w
     return ((1.0 - b) * cos_image + b * cos_caption).astype(np.float32)
 
 
+def fused_matrices(q, g, alpha: float, w_q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The exact fused score of many queries as one dot product: ``(Q, G)`` with ``Q[i] . G[j] =
+    (1 - b) cos_image + b cos_caption``, ``b = alpha * w_q[i] * g.weights[j]``. ``q`` and ``g`` have
+    ``image``, ``caption`` (row-normalised matrices) and ``g`` also ``weights`` (``library.GalleryVectors``)."""
+    aw = (alpha * w_q)[:, None]
+    Q = np.concatenate([q.image, aw * q.caption, -aw * q.image], axis=1)
+    G = np.concatenate([g.image, g.weights[:, None] * g.caption, g.weights[:, None] * g.image], axis=1)
+    return Q.astype(np.float32), G.astype(np.float32)
+
+
 def fuse_gallery(img: np.ndarray, cap: np.ndarray, alpha: float, weights: np.ndarray, shared: bool) -> np.ndarray:
     """Fold gallery image and caption vectors into one ANN vector each (see module docstring)."""
     a = (alpha * np.asarray(weights, np.float32))[:, None]

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import or_, select, update
 
 from . import fusion, whitening as wht
 from .config import Settings
@@ -42,7 +41,8 @@ from .modes import CAPTION, FUSED, IMAGE, INDEXED
 from .lock import LibraryBusy, LibraryReadOnly, WriterLock
 from .models.registry import ModelLoader
 from .captions.sources import compose
-from .store import CaptionRow, ImageRow, Meta, RunRow, Store, VectorRow, caption_rank, valid_vector_rows
+from .catalog import Catalog
+from .store import Store, valid_vector_rows
 
 #: vectors per index compared with the database by every check (``full`` compares all)
 CHECK_SAMPLE = 32
@@ -92,7 +92,7 @@ class Library:
             self.store = Store(self.dir)
         except Exception as e:  # noqa: BLE001 - e.g. a read-only folder or a corrupt database
             raise ExplorerError(f"cannot open library at {self.dir}: {str(e).splitlines()[0]}") from None
-        self.alpha = fusion.DEFAULT_ALPHA
+        self.catalog = Catalog(self.store)
         self._indices: dict[str, VectorStore] = {}
         self._indices_lock = threading.RLock()  # GUI workers may ask for an index at the same time
         self.writer_lock = WriterLock(self.dir)
@@ -124,9 +124,22 @@ class Library:
 
     def _mark_interrupted_runs(self) -> None:
         """No other writer is alive now, so a run row still ``running`` belongs to a killed process."""
-        with self.store.Session.begin() as s:
-            for r in s.scalars(select(RunRow).where(RunRow.status == "running")):
-                r.status = "interrupted"
+        self.store.mark_running_runs("interrupted")
+
+    # -- the fused index's build alpha -------------------------------------------------------
+    @property
+    def fused_index_alpha(self) -> float:
+        """The α the fused ANN index is built with (``fusion.DEFAULT_ALPHA``; fixed, read-only).
+
+        It decides the stored fused vectors and so which candidates a fused search fetches;
+        a query's own α (the slider) only re-scores those candidates exactly. Changing it means
+        rebuilding the index: the value is part of the index's source stamp."""
+        return fusion.DEFAULT_ALPHA
+
+    @property
+    def alpha(self) -> float:
+        """Old name of ``fused_index_alpha`` (read-only), kept for callers not yet renamed."""
+        return self.fused_index_alpha
 
     # model facts come from the loaded models, so they are loaded lazily
     @property
@@ -230,7 +243,7 @@ class Library:
                 vi = store(self.dir / "indices", f"caption--{slug(tx.model_id)}", tx.dim, {"text": tx.model_id, "library": lib_id})
             elif mode == FUSED:
                 dim = im.dim if self.shared_space else self.image_dim + tx.dim
-                src = {"image": im.model_id, "text": tx.model_id, "alpha": self.alpha, "weights": "agreement-v1",
+                src = {"image": im.model_id, "text": tx.model_id, "alpha": self.fused_index_alpha, "weights": "agreement-v1",
                        "agreement_version": self.store.get_meta("agreement_version") or "0", "library": lib_id, **wsrc}
                 vi = store(self.dir / "indices", f"fused--{slug(im.model_id)}--{slug(tx.model_id)}", dim, src)
             else:
@@ -243,10 +256,7 @@ class Library:
 
         def raw(kind: str, model_id: str, dim: int):
             def changed(seq_high: int):
-                with self.store.session() as s:
-                    q = select(VectorRow.image_id, VectorRow.dim, VectorRow.data, VectorRow.seq).join(ImageRow).where(
-                        VectorRow.kind == kind, VectorRow.model_id == model_id, ImageRow.status == "ok", VectorRow.seq > seq_high)
-                    rows = s.execute(q).all()
+                rows = self.catalog.vectors_since(kind, model_id, seq_high)
                 high = max([seq_high] + [r[3] for r in rows])
                 rows, refused = valid_vector_rows(rows, dim)
                 if not rows:
@@ -264,16 +274,12 @@ class Library:
             return raw("caption", tx, self.text_model.dim)
 
         def fused_changed(seq_high: int):
-            with self.store.session() as s:
-                q = select(VectorRow.image_id).join(ImageRow).where(
-                    ImageRow.status == "ok", VectorRow.seq > seq_high,
-                    or_((VectorRow.kind == "image") & (VectorRow.model_id == im), (VectorRow.kind == "caption") & (VectorRow.model_id == tx)))
-                ids = sorted(set(s.scalars(q)))
-                high = max([seq_high] + [v for v in s.scalars(select(VectorRow.seq).where(VectorRow.seq > seq_high))])
+            ids = self.catalog.pair_ids_since(im, tx, seq_high)
+            high = self.catalog.highest_seq_since(seq_high)
             if not ids:
                 return np.zeros(0, np.int64), np.zeros((0, 1), np.float32), high
             gal = self.gallery_vectors(ids)
-            vec = fusion.fuse_gallery(gal.image, gal.caption, self.alpha, gal.weights, self.shared_space)
+            vec = fusion.fuse_gallery(gal.image, gal.caption, self.fused_index_alpha, gal.weights, self.shared_space)
             # images with both vectors stored whose image or caption vector was refused as damaged
             lost = (set(ids) - set(gal.ids.tolist())) & self.live_ids(FUSED) if len(gal.ids) < len(ids) else set()
             refused = {int(i): "a damaged image or caption vector" for i in lost}
@@ -283,15 +289,12 @@ class Library:
 
     def live_ids(self, mode: str) -> set[int]:
         im, tx = self.image_model.model_id, self.text_model.model_id
-        with self.store.session() as s:
-            def ids(kind, model_id):
-                return set(s.scalars(select(VectorRow.image_id).join(ImageRow).where(
-                    ImageRow.status == "ok", VectorRow.kind == kind, VectorRow.model_id == model_id)))
-            if mode == IMAGE:
-                return ids("image", im)
-            if mode == CAPTION:
-                return ids("caption", tx)
-            return ids("image", im) & ids("caption", tx)
+        ids = self.catalog.ok_vector_ids
+        if mode == IMAGE:
+            return ids("image", im)
+        if mode == CAPTION:
+            return ids("caption", tx)
+        return ids("image", im) & ids("caption", tx)
 
     def sync_indices(self, save: bool = True) -> dict[str, SyncReport]:
         """Sync the three indices with the database; ``save`` writes changed ones, but only when
@@ -331,7 +334,7 @@ class Library:
             chunk = ids[s:s + 4096]
             if mode == FUSED:
                 gal = self.gallery_vectors(chunk.tolist())
-                want_ids, want = gal.ids, fusion.fuse_gallery(gal.image, gal.caption, self.alpha, gal.weights, self.shared_space)
+                want_ids, want = gal.ids, fusion.fuse_gallery(gal.image, gal.caption, self.fused_index_alpha, gal.weights, self.shared_space)
             else:
                 kind, model = ("image", self.image_model.model_id) if mode == IMAGE else ("caption", self.text_model.model_id)
                 want_ids, want = self.store.load_vectors(kind, model, chunk.tolist())
@@ -363,11 +366,7 @@ class Library:
         when it differs, the stored agreement is stale (e.g. a kill inside ``refresh_agreement``)."""
         im, tx = self.image_model.model_id, self.text_model.model_id
         crc = zlib.crc32(f"{im}\0{tx}\0{fusion.AGREEMENT_K}\0v2".encode())
-        with self.store.session() as s:
-            rows = s.execute(select(VectorRow.image_id, VectorRow.kind, VectorRow.seq).join(ImageRow).where(
-                ImageRow.status == "ok", or_((VectorRow.kind == "image") & (VectorRow.model_id == im),
-                                            (VectorRow.kind == "caption") & (VectorRow.model_id == tx)))
-                .order_by(VectorRow.image_id, VectorRow.kind)).all()
+        rows = self.catalog.pair_vector_seqs(im, tx)
         arr = np.array([(r[0], 0 if r[1] == "image" else 1, r[2]) for r in rows], np.int64)
         return f"{zlib.crc32(arr.tobytes(), crc):08x}-{len(rows)}"
 
@@ -421,9 +420,7 @@ class Library:
             ids = np.array(sorted(img.live_ids() & cap.live_ids()), np.int64)
         if len(ids) < 2:
             return 0
-        with self.store.session() as s:
-            keys = dict(s.execute(select(ImageRow.id, ImageRow.path_key).where(ImageRow.id.in_(ids.tolist()))).all()) \
-                if len(ids) <= 20000 else dict(s.execute(select(ImageRow.id, ImageRow.path_key)).all())
+        keys = self.catalog.path_keys(ids.tolist())
         by_path = sorted(range(len(ids)), key=lambda j: keys.get(int(ids[j]), b""))
         tie_rank = np.empty(len(ids), np.int64)
         tie_rank[by_path] = np.arange(len(ids))
@@ -431,11 +428,7 @@ class Library:
         a = self._ordered_neighbours(img, ids, tie_rank, k)
         b = self._ordered_neighbours(cap, ids, tie_rank, k)
         agreement = fusion.neighbourhood_agreement(a, b, k)
-        with self.store.Session.begin() as s:
-            s.execute(update(ImageRow), [{"id": int(i), "caption_agreement": float(a)} for i, a in zip(ids, agreement)])
-            ver = int(s.get(Meta, "agreement_version").value) + 1 if s.get(Meta, "agreement_version") else 1
-            s.merge(Meta(key="agreement_version", value=str(ver)))
-            s.merge(Meta(key="agreement_stamp", value=stamp))
+        self.store.write_agreement(ids, agreement, stamp)
         with self._indices_lock:
             self._indices.pop(FUSED, None)
         return len(ids)
@@ -488,14 +481,10 @@ class Library:
         mat_c = mat_c[np.searchsorted(ids_c, common)] if len(common) else np.zeros((0, self.text_model.dim), np.float32)
         weights = np.zeros(len(common), np.float32)
         if len(common):
-            with self.store.session() as s:
-                caps = {}
-                for row in s.scalars(select(CaptionRow).where(CaptionRow.image_id.in_(common.tolist()))):
-                    caps.setdefault(row.image_id, []).append(row)
-                agreement = dict(s.execute(select(ImageRow.id, ImageRow.caption_agreement).where(ImageRow.id.in_(common.tolist()))).all()) \
-                    if len(common) <= 20000 else dict(s.execute(select(ImageRow.id, ImageRow.caption_agreement)).all())
+            caps = self.catalog.captions_by_source(common.tolist())
+            agreement = self.catalog.caption_agreements(common.tolist())
             for j, iid in enumerate(common.tolist()):
-                best = compose(caps.get(iid, []))
+                best = compose(caps.get(iid, {}))
                 if best is not None:
                     weights[j] = fusion.caption_weight(best.source, best.confidence, agreement.get(iid))
         return GalleryVectors(common, mat_i, mat_c, weights)

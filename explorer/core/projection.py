@@ -206,7 +206,7 @@ def representation_vectors(library, representation: str, ids=None, head=None):
     elif representation == CAPTION:
         X = g.caption
     elif representation == FUSED:
-        X = fusion.fuse_gallery(g.image, g.caption, library.alpha, g.weights, library.shared_space)
+        X = fusion.fuse_gallery(g.image, g.caption, library.fused_index_alpha, g.weights, library.shared_space)
     else:
         from .learned import learned_vectors_for_eval
 
@@ -218,7 +218,7 @@ def cache_key(library, representation: str, method: str, head=None, clusters: in
     parts = {
         "v": CACHE_VERSION, "stamp": library.store.gallery_stamp(), "rep": representation, "method": method,
         "image": library.image_model.model_id, "text": library.text_model.model_id, "clusters": clusters,
-        "alpha": library.alpha if representation == FUSED else None,
+        "alpha": library.fused_index_alpha if representation == FUSED else None,
         "head": getattr(head, "fingerprint", None) if representation == LEARNED else None,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]

@@ -16,6 +16,12 @@ before rebuild once from the stored vectors.
 
 A database file that is empty or not SQLite is refused as corrupt (never silently replaced by
 a new library). A database on read-only media is opened read-only (``immutable``).
+
+**Only the catalog and the store speak SQL**: every write anywhere in the app is a named method
+here (one per statement or per transaction that must stay one), reads are ``catalog.Catalog``'s.
+
+Long because: it is the one home of the schema, the never-reused counters and every write
+statement; splitting it would scatter the SQL this rule keeps in one place.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import os
 import sqlite3
 import time
 import uuid
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -37,10 +44,12 @@ from sqlalchemy import (
     String,
     Text,
     create_engine,
+    delete,
     event,
     func,
     select,
     text,
+    update,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
@@ -197,6 +206,35 @@ class Meta(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+@dataclass
+class IndexedImage:
+    """What one indexing batch writes for one file (``Store.write_index_batch``), as plain values.
+
+    ``error`` set: the image is recorded as failed and its vectors dropped (nothing else is written).
+    ``detections`` not None: the boxes of ``detector_model`` replace every stored box except the
+    ground truth's. ``captions`` are upserted by source; ``drop_sources`` are deleted afterwards.
+    """
+
+    image_id: int | None
+    path_key: bytes
+    path: str
+    folder: str
+    size: int
+    mtime_ns: int
+    error: str | None = None
+    content_hash: str | None = None
+    width: int | None = None
+    height: int | None = None
+    detector_model: str | None = None
+    #: ``(label, score, (x1, y1, x2, y2))`` in original pixels
+    detections: list[tuple[str, float, tuple[float, float, float, float]]] | None = None
+    #: ``(source, text, model_id, confidence)``
+    captions: list[tuple[str, str, str, float]] = field(default_factory=list)
+    drop_sources: list[str] = field(default_factory=list)
+    #: ``(kind, model_id, float32 vector)``
+    vectors: list[tuple[str, str, np.ndarray]] = field(default_factory=list)
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -444,6 +482,143 @@ class Store:
                 seq += 1
                 s.merge(BoxMetaRow(image_id=image_id, feature_id=feature_id, image_seq=image_seq, detector_model=detector, n=n,
                                    labels=labels, scores=scores, boxes=boxes, created_at=created_at))
+
+    # -- indexing runs (the writer lock is held by the caller) -------------------------------
+    def record_models(self, models) -> None:
+        """Remember each ``(model_id, role, dim, weights)`` not seen before in ``models``."""
+        with self.Session.begin() as s:
+            for model_id, role, dim, weights in models:
+                if s.get(ModelRow, model_id) is None:
+                    s.add(ModelRow(model_id=model_id, role=role, dim=dim, weights=weights))
+
+    def mark_running_runs(self, status: str) -> None:
+        """Give every run row still ``running`` the ``status`` (its process is gone)."""
+        with self.Session.begin() as s:
+            s.execute(update(RunRow).where(RunRow.status == "running").values(status=status))
+
+    def start_run(self, folders: str, settings: str) -> int:
+        """Record a new indexing run (``folders`` and ``settings`` as JSON); a run still marked
+        ``running`` was killed and becomes ``crashed`` in the same transaction. Returns the run id."""
+        with self.Session.begin() as s:
+            s.execute(update(RunRow).where(RunRow.status == "running").values(status="crashed"))
+            run = RunRow(folders=folders, settings=settings)
+            s.add(run)
+            s.flush()
+            return run.id
+
+    def finish_run(self, run_id: int, status: str, n_indexed: int, n_skipped: int, n_failed: int, n_removed: int) -> None:
+        """Record the end of run ``run_id``: its status and counts."""
+        with self.Session.begin() as s:
+            run = s.get(RunRow, run_id)
+            run.finished = time.time()
+            run.status = status
+            run.n_indexed, run.n_skipped = n_indexed, n_skipped
+            run.n_failed, run.n_removed = n_failed, n_removed
+
+    def delete_images(self, ids) -> None:
+        """Delete images with everything stored for them (captions, detections, vectors, cached box features)."""
+        with self.Session.begin() as s:
+            for iid in ids:
+                row = s.get(ImageRow, int(iid))
+                if row is not None:
+                    s.delete(row)
+
+    def write_index_batch(self, items: list[IndexedImage]) -> None:
+        """Write one indexing batch in one transaction: each image's row, boxes, captions and vectors
+        together (a kill leaves every image fully written or untouched). New vectors get fresh seqs."""
+        with self.Session.begin() as s:
+            seq = self.next_seq(s)
+            for it in items:
+                row = s.get(ImageRow, it.image_id) if it.image_id is not None else None
+                if row is None:
+                    row = ImageRow(path_key=it.path_key, path=it.path, folder=it.folder)
+                    s.add(row)
+                row.size, row.mtime_ns = it.size, it.mtime_ns
+                row.indexed_at = time.time()
+                if it.error:
+                    row.status, row.error = "error", it.error
+                    s.flush()
+                    s.execute(delete(VectorRow).where(VectorRow.image_id == row.id))
+                    continue
+                row.status, row.error = "ok", None
+                if it.content_hash:
+                    row.content_hash = it.content_hash
+                if it.width is not None:
+                    row.width, row.height = it.width, it.height
+                s.flush()
+                if it.detections is not None:
+                    s.execute(delete(DetectionRow).where(DetectionRow.image_id == row.id, DetectionRow.model_id != "ground-truth"))
+                    for label, score, (x1, y1, x2, y2) in it.detections:
+                        s.add(DetectionRow(image_id=row.id, model_id=it.detector_model, label=label, score=score, x1=x1, y1=y1, x2=x2, y2=y2))
+                    row.detector_model = it.detector_model
+                for source, text_, model_id, confidence in it.captions:
+                    existing = s.scalar(select(CaptionRow).where(CaptionRow.image_id == row.id, CaptionRow.source == source))
+                    if existing is None:
+                        s.add(CaptionRow(image_id=row.id, source=source, text=text_, model_id=model_id, confidence=confidence))
+                    else:
+                        existing.text, existing.model_id, existing.confidence = text_, model_id, confidence
+                s.execute(delete(CaptionRow).where(CaptionRow.image_id == row.id, CaptionRow.source.in_(it.drop_sources)))
+                for kind, model_id, vec in it.vectors:
+                    v = np.ascontiguousarray(vec, np.float32)
+                    existing = s.scalar(select(VectorRow).where(VectorRow.image_id == row.id, VectorRow.kind == kind, VectorRow.model_id == model_id))
+                    if existing is None:
+                        s.add(VectorRow(image_id=row.id, kind=kind, model_id=model_id, dim=v.size, data=v.tobytes(), seq=seq))
+                    else:
+                        existing.data, existing.dim, existing.seq = v.tobytes(), v.size, seq
+                    seq += 1
+
+    # -- edits and imports (the writer lock is held by the caller) ----------------------------
+    def write_captions(self, source: str, model_id: str, text_model_id: str, items) -> int:
+        """Set (or, with empty text, delete) the ``source`` caption of each ``(image_id, text, vector)``
+        and store its caption vector of ``text_model_id`` (None: the image has no caption left, the
+        vector is dropped), all in one transaction. Returns how many caption vectors were written."""
+        done = 0
+        with self.Session.begin() as s:
+            seq = self.next_seq(s)
+            for image_id, text_, vec in items:
+                existing = s.scalar(select(CaptionRow).where(CaptionRow.image_id == image_id, CaptionRow.source == source))
+                if text_:
+                    if existing is None:
+                        s.add(CaptionRow(image_id=image_id, source=source, text=text_, model_id=model_id, confidence=1.0))
+                    else:
+                        existing.text, existing.model_id, existing.confidence = text_, model_id, 1.0
+                elif existing is not None:
+                    s.delete(existing)
+                cur = s.scalar(select(VectorRow).where(VectorRow.image_id == image_id, VectorRow.kind == "caption",
+                                                       VectorRow.model_id == text_model_id))
+                if vec is None:
+                    if cur is not None:
+                        s.execute(delete(VectorRow).where(VectorRow.id == cur.id))
+                    continue
+                v = np.ascontiguousarray(vec, np.float32)
+                if cur is None:
+                    s.add(VectorRow(image_id=image_id, kind="caption", model_id=text_model_id, dim=v.size, data=v.tobytes(), seq=seq))
+                else:
+                    cur.data, cur.dim, cur.seq = v.tobytes(), v.size, seq
+                seq += 1
+                done += 1
+        return done
+
+    def replace_detections(self, model_id: str, boxes) -> int:
+        """Replace the boxes of ``model_id`` of each image in ``boxes`` (``{image_id: [(label, (x1, y1,
+        x2, y2))]}``, score 1.0) in one transaction; returns how many boxes were written."""
+        n = 0
+        with self.Session.begin() as s:
+            for iid, items in boxes.items():
+                s.execute(delete(DetectionRow).where(DetectionRow.image_id == iid, DetectionRow.model_id == model_id))
+                for label, (x1, y1, x2, y2) in items:
+                    s.add(DetectionRow(image_id=iid, model_id=model_id, label=label, score=1.0, x1=x1, y1=y1, x2=x2, y2=y2))
+                    n += 1
+        return n
+
+    def write_agreement(self, ids, agreement, stamp: str) -> None:
+        """Store every image's caption agreement with its ``stamp`` and bump ``agreement_version``, in one
+        transaction (the fused index depends on the version, so it rebuilds once, also after a crash)."""
+        with self.Session.begin() as s:
+            s.execute(update(ImageRow), [{"id": int(i), "caption_agreement": float(a)} for i, a in zip(ids, agreement)])
+            ver = int(s.get(Meta, "agreement_version").value) + 1 if s.get(Meta, "agreement_version") else 1
+            s.merge(Meta(key="agreement_version", value=str(ver)))
+            s.merge(Meta(key="agreement_stamp", value=stamp))
 
     def close(self) -> None:
         self.engine.dispose()

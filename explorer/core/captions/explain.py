@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sqlalchemy import select
-
 from ..errors import ExplorerError
 from ..models.base import Caption
 from . import metadata_caption, name_captions, read_sidecar
@@ -33,18 +31,14 @@ def explain_image(image: str | os.PathLike, settings, library=None, run_models: 
     enabled = set(settings.caption_sources)
     notes: list[str] = []
     if library is not None:
-        from ..store import CaptionRow, ImageRow
-
-        with library.store.session() as s:
-            row = s.scalar(select(ImageRow).where(ImageRow.path_key == os.fsencode(path)))
-            if row is not None and row.status == "ok":
-                rows = {c.source: Caption(c.text, c.source, c.model_id, c.confidence)
-                        for c in s.scalars(select(CaptionRow).where(CaptionRow.image_id == row.id))}
-                active = compose(rows)
-                weight = fusion.caption_weight(active.source, active.confidence, row.caption_agreement) if active else 0.0
-                return {"path": path, "in_library": True, "image_id": row.id,
-                        "sources": [_entry(src, not src.switchable or src.name in enabled, rows.get(src.name)) for src in SOURCES],
-                        "active": _active(active, weight), "notes": notes}
+        row = library.catalog.image_state(path)
+        if row is not None and row.status == "ok":
+            rows = library.catalog.captions_by_source([row.image_id]).get(row.image_id, {})
+            active = compose(rows)
+            weight = fusion.caption_weight(active.source, active.confidence, row.caption_agreement) if active else 0.0
+            return {"path": path, "in_library": True, "image_id": row.image_id,
+                    "sources": [_entry(src, not src.switchable or src.name in enabled, rows.get(src.name)) for src in SOURCES],
+                    "active": _active(active, weight), "notes": notes}
     found: dict[str, Caption] = {}
     details: dict[str, list[str]] = {}
     side = read_sidecar(Path(path))

@@ -44,7 +44,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..errors import BadGroundTruth
-from .metrics import DenseRelevance, LabelRelevance
+from .relevance import DenseRelevance, LabelRelevance
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 SPEC_FORMS = "folders:DIR (or a bare DIR), csv:FILE, coco:FILE, deepfashion2:DIR"

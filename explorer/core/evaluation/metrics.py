@@ -1,4 +1,7 @@
-"""Retrieval metrics: AP/mAP, P@k, R@k, interpolated PR curves, paired comparisons.
+"""Retrieval metrics: AP/mAP, P@k, R@k, interpolated PR curves, the alpha sweep.
+
+Relevance sources live in ``relevance`` and paired comparisons (bootstrap CI, sign test) in
+``compare``; their public names are re-exported here.
 
 Pure numpy. Everything works on a *score matrix* ``scores[q, g]`` (higher = more similar)
 and a boolean *relevance* matrix of the same shape, processed a block of query rows at a
@@ -47,6 +50,10 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from ..modes import IMAGE
+from .compare import PairedComparison, paired_comparison, sign_test_p
+from .compare import json_number as _num
+from .relevance import DenseRelevance, LabelRelevance
+from .relevance import as_source as _as_source
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10, 20, 50)
 PR_POINTS = 101
@@ -56,151 +63,6 @@ PR_RECALL = np.linspace(0.0, 1.0, PR_POINTS)
 _SUB_ROWS = 512
 #: Elements per temporary comparison matrix in the (rare) exact tie-break fallback.
 _TIE_BLOCK = 1 << 22
-
-
-# --------------------------------------------------------------------------------------
-# Relevance sources
-# --------------------------------------------------------------------------------------
-
-
-class LabelRelevance:
-    """Relevance "same label", produced block by block (never a full ``nq x ng`` matrix).
-
-    ``query_labels`` / ``gallery_labels``: integer arrays (negative = unlabelled, never
-    relevant) or sequences of hashables (``None`` = unlabelled). Optional ``query_ids`` /
-    ``gallery_ids``: a query is ignored against the gallery item with the same id (the query
-    itself in leave-one-out). Gallery ids must be unique.
-
-    Any object with ``shape`` and ``block(start, stop) -> (rel_rows, rel_cols, ign_rows,
-    ign_cols)`` (row indices relative to ``start``) can be passed where a relevance matrix is
-    expected; this is the one the library ships.
-    """
-
-    def __init__(self, query_labels, gallery_labels, query_ids=None, gallery_ids=None):
-        ql, gl = _label_codes(query_labels, gallery_labels)
-        self._ql, self._gl = ql, gl
-        n_labels = int(max(ql.max(initial=-1), gl.max(initial=-1))) + 1
-        labelled = gl >= 0
-        order = np.flatnonzero(labelled)
-        order = order[np.argsort(gl[order], kind="stable")]
-        self._gorder = order
-        self._gcount = np.bincount(gl[labelled], minlength=n_labels).astype(np.int64)
-        self._gstart = np.concatenate([[0], np.cumsum(self._gcount)[:-1]]).astype(np.int64)
-        self.shape = (ql.size, gl.size)
-        if (query_ids is None) != (gallery_ids is None):
-            raise ValueError("give both query_ids and gallery_ids, or neither")
-        self._qid = self._gsorted = self._gidx = None
-        if query_ids is not None:
-            qid, gid = np.asarray(query_ids), np.asarray(gallery_ids)
-            if qid.shape != (ql.size,) or gid.shape != (gl.size,):
-                raise ValueError("ids must have one entry per query / gallery item")
-            gidx = np.argsort(gid, kind="stable")
-            gsorted = gid[gidx]
-            if gsorted.size > 1 and np.any(gsorted[1:] == gsorted[:-1]):
-                raise ValueError("gallery_ids must be unique")
-            self._qid, self._gsorted, self._gidx = qid, gsorted, gidx
-
-    @classmethod
-    def leave_one_out(cls, labels) -> "LabelRelevance":
-        """Every item is a query against all the others (itself ignored)."""
-        n = len(labels)
-        return cls(labels, labels, np.arange(n), np.arange(n))
-
-    def block(self, start: int, stop: int):
-        qlab = self._ql[start:stop]
-        m = qlab.size
-        has = qlab >= 0
-        counts = np.zeros(m, np.int64)
-        counts[has] = self._gcount[qlab[has]] if self._gcount.size else 0
-        total = int(counts.sum())
-        rows = np.repeat(np.arange(m, dtype=np.int64), counts)
-        starts = np.zeros(m, np.int64)
-        starts[has] = self._gstart[qlab[has]] if self._gstart.size else 0
-        within = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
-        cols = self._gorder[np.repeat(starts, counts) + within]
-        if self._qid is None or self._gsorted.size == 0:
-            empty = np.zeros(0, np.int64)
-            return rows, cols, empty, empty
-        qid = self._qid[start:stop]
-        pos = np.searchsorted(self._gsorted, qid)
-        ok = pos < self._gsorted.size
-        ok[ok] = self._gsorted[pos[ok]] == qid[ok]
-        ign_rows = np.flatnonzero(ok).astype(np.int64)
-        ign_cols = self._gidx[pos[ok]].astype(np.int64)
-        return rows, cols, ign_rows, ign_cols
-
-    def dense(self) -> tuple[np.ndarray, np.ndarray]:
-        """The full ``(relevant, ignore)`` boolean matrices (small problems only)."""
-        rel = np.zeros(self.shape, bool)
-        ign = np.zeros(self.shape, bool)
-        r, c, ir, ic = self.block(0, self.shape[0])
-        rel[r, c] = True
-        ign[ir, ic] = True
-        return rel, ign
-
-
-def _label_codes(query_labels, gallery_labels) -> tuple[np.ndarray, np.ndarray]:
-    ql, gl = np.asarray(query_labels), np.asarray(gallery_labels)
-    if ql.ndim != 1 or gl.ndim != 1:
-        raise ValueError("labels must be 1-D")
-    if ql.dtype.kind in "iu" and gl.dtype.kind in "iu":
-        return ql.astype(np.int64), gl.astype(np.int64)
-    codes: dict[Any, int] = {}
-
-    def code(v) -> int:
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return -1
-        return codes.setdefault(v, len(codes))
-
-    qc = np.fromiter((code(v) for v in ql.tolist()), np.int64, ql.size)
-    gc = np.fromiter((code(v) for v in gl.tolist()), np.int64, gl.size)
-    return qc, gc
-
-
-class DenseRelevance:
-    """Boolean ``relevant`` (and optional ``ignore``) matrices as a block source."""
-
-    def __init__(self, relevant, ignore=None, shape=None):
-        rel = np.asarray(relevant)
-        if rel.ndim != 2:
-            raise ValueError(f"relevant must be 2-D, got shape {rel.shape}")
-        if shape is not None and rel.shape != tuple(shape):
-            raise ValueError(f"relevant has shape {rel.shape}, scores have shape {tuple(shape)}")
-        ign = None if ignore is None else np.asarray(ignore)
-        if ign is not None and ign.shape != rel.shape:
-            raise ValueError(f"ignore has shape {ign.shape}, relevant has shape {rel.shape}")
-        self.rel, self.ign, self.shape = rel, ign, rel.shape
-
-    def block(self, start, stop):
-        r, c = np.nonzero(self.rel[start:stop])
-        if self.ign is None:
-            empty = np.zeros(0, np.int64)
-            return r, c, empty, empty
-        ir, ic = np.nonzero(self.ign[start:stop])
-        return r, c, ir, ic
-
-
-class _UnionIgnore:
-    """A relevance source plus an extra dense ignore matrix."""
-
-    def __init__(self, source, ignore):
-        ign = np.asarray(ignore)
-        if ign.shape != tuple(source.shape):
-            raise ValueError(f"ignore has shape {ign.shape}, relevance has shape {tuple(source.shape)}")
-        self.source, self.ign, self.shape = source, ign, tuple(source.shape)
-
-    def block(self, start, stop):
-        r, c, ir, ic = self.source.block(start, stop)
-        er, ec = np.nonzero(self.ign[start:stop])
-        return r, c, np.concatenate([ir, er]), np.concatenate([ic, ec])
-
-
-def _as_source(relevant, ignore, shape):
-    if hasattr(relevant, "block") and hasattr(relevant, "shape"):
-        if tuple(relevant.shape) != tuple(shape):
-            raise ValueError(f"relevance has shape {tuple(relevant.shape)}, scores have shape {tuple(shape)}")
-        return relevant if ignore is None else _UnionIgnore(relevant, ignore)
-    return DenseRelevance(relevant, ignore, shape)
 
 
 # --------------------------------------------------------------------------------------
@@ -491,10 +353,6 @@ class ModeMetrics:
         return d
 
 
-def _num(v) -> float | None:
-    v = float(v)
-    return v if math.isfinite(v) else None
-
 
 def evaluate_scores(
     scores,
@@ -582,106 +440,6 @@ def pr_curve(scores, relevant, ignore=None, per_query: bool = False):
     return m.pr_recall, m.pr_precision
 
 
-@dataclass
-class PairedComparison:
-    """Mode B against mode A on the same queries (``diff = b - a``)."""
-
-    name_a: str
-    name_b: str
-    n_pairs: int
-    n_dropped: int
-    mean_a: float
-    mean_b: float
-    mean_diff: float
-    ci_low: float
-    ci_high: float
-    p_value: float
-    wins: int
-    losses: int
-    ties: int
-    n_boot: int
-    seed: int
-
-    def to_dict(self) -> dict:
-        return {
-            "a": self.name_a,
-            "b": self.name_b,
-            "n_pairs": self.n_pairs,
-            "n_dropped": self.n_dropped,
-            "mean_a": _num(self.mean_a),
-            "mean_b": _num(self.mean_b),
-            "mean_diff": _num(self.mean_diff),
-            "ci95": [_num(self.ci_low), _num(self.ci_high)],
-            "sign_test_p": _num(self.p_value),
-            "wins": self.wins,
-            "losses": self.losses,
-            "ties": self.ties,
-            "n_boot": self.n_boot,
-            "seed": self.seed,
-        }
-
-
-def sign_test_p(wins: int, losses: int) -> float:
-    """Exact two-sided sign test (binomial, p = 1/2) on the non-tied pairs."""
-    n = wins + losses
-    if n == 0:
-        return 1.0
-    m = min(wins, losses)
-    term = total = 1  # C(n, 0)
-    for i in range(1, m + 1):
-        term = term * (n - i + 1) // i
-        total += term
-    return min(1.0, (2 * total) / (1 << n))  # exact integers; correctly rounded float
-
-
-def paired_comparison(
-    ap_a, ap_b, n_boot: int = 10000, seed: int = 0, name_a: str = "a", name_b: str = "b"
-) -> PairedComparison:
-    """Mean AP difference (b - a), 95% percentile-bootstrap CI, sign test, wins/losses/ties.
-
-    Pairs where either AP is NaN are dropped. The bootstrap resamples queries with
-    replacement ``n_boot`` times (vectorised in batches, seeded).
-    """
-    a = np.asarray(ap_a, np.float64).reshape(-1)
-    b = np.asarray(ap_b, np.float64).reshape(-1)
-    if a.shape != b.shape:
-        raise ValueError(f"AP arrays differ in length: {a.size} vs {b.size}")
-    ok = ~(np.isnan(a) | np.isnan(b))
-    a, b = a[ok], b[ok]
-    d = b - a
-    n = int(d.size)
-    wins, losses = int(np.sum(d > 0)), int(np.sum(d < 0))
-    nan = float("nan")
-    if n == 0:
-        lo = hi = mean = nan
-    else:
-        mean = float(d.mean())
-        rng = np.random.default_rng(seed)
-        means = np.empty(int(n_boot))
-        batch = max(1, 2_000_000 // n)
-        for s in range(0, int(n_boot), batch):
-            m = min(batch, int(n_boot) - s)
-            means[s : s + m] = d[rng.integers(0, n, size=(m, n))].mean(axis=1)
-        lo, hi = (float(v) for v in np.percentile(means, [2.5, 97.5])) if n_boot > 0 else (nan, nan)
-    return PairedComparison(
-        name_a=name_a,
-        name_b=name_b,
-        n_pairs=n,
-        n_dropped=int((~ok).sum()),
-        mean_a=float(a.mean()) if n else nan,
-        mean_b=float(b.mean()) if n else nan,
-        mean_diff=mean,
-        ci_low=lo,
-        ci_high=hi,
-        p_value=sign_test_p(wins, losses),
-        wins=wins,
-        losses=losses,
-        ties=n - wins - losses,
-        n_boot=int(n_boot),
-        seed=int(seed),
-    )
-
-
 def alpha_sweep(
     score_fn: Callable[[float], Any],
     alphas: Iterable[float],
@@ -699,3 +457,8 @@ def alpha_sweep(
             m = evaluate_scores(s, relevant, ignore, mode=f"alpha={alpha}", ks=(1,), chunk=chunk)
         out.append((float(alpha), m.map))
     return out
+
+
+__all__ = ["DEFAULT_KS", "PR_POINTS", "PR_RECALL", "DenseRelevance", "LabelRelevance", "ModeMetrics", "PairedComparison",
+           "alpha_sweep", "average_precision_from_scores", "evaluate_embeddings", "evaluate_scores", "paired_comparison",
+           "pr_curve", "precision_recall_at_k", "sign_test_p"]

@@ -15,7 +15,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from ..errors import ExplorerError
-from .metrics import ModeMetrics, PairedComparison
+from .compare import PairedComparison
+from .metrics import ModeMetrics
 
 
 @contextmanager

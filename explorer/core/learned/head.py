@@ -277,10 +277,10 @@ class FusionHead(nn.Module):
 
 
 def fused_pair(image, caption, weight, alpha: float, query_weight=None):
-    """The exact α-fused ``(Q, G)`` matrices of the library's fused mode (``explorer.core.evaluate``):
+    """The exact α-fused ``(Q, G)`` matrices of the library's fused mode (``fusion.fused_matrices``):
     ``Q[i] . G[j] = (1 - b) cos_image + b cos_caption`` with ``b = alpha * w_q[i] * w[j]``.
     ``query_weight`` defaults to the images' own caption weights (a gallery image as a query)."""
-    from ..evaluate import _fused_matrices
+    from ..fusion import fused_matrices
     from ..library import GalleryVectors
 
     image = np.asarray(image, np.float32)
@@ -288,7 +288,7 @@ def fused_pair(image, caption, weight, alpha: float, query_weight=None):
     weight = np.asarray(weight, np.float32).reshape(-1)
     wq = weight if query_weight is None else np.asarray(query_weight, np.float32).reshape(-1)
     ids = np.arange(len(image))
-    return _fused_matrices(GalleryVectors(ids, image, caption, wq), GalleryVectors(ids, image, caption, weight), alpha, wq)
+    return fused_matrices(GalleryVectors(ids, image, caption, wq), GalleryVectors(ids, image, caption, weight), alpha, wq)
 
 
 def base_pair(cfg: HeadConfig, image, caption, weight, query_weight=None):

@@ -473,7 +473,7 @@ def make_head_config(library, use_boxes: bool, use_caption: bool = True, arch: s
     from .head import HeadConfig
 
     im, tx = library.image_model, library.text_model
-    kw.setdefault("alpha", float(library.alpha))
+    kw.setdefault("alpha", float(library.fused_index_alpha))
     return HeadConfig(
         image_model_id=im.model_id, image_dim=int(library.image_dim), text_model_id=tx.model_id, text_dim=int(tx.dim),
         box_feature_id=box_feature_id(im.model_id) if use_boxes else None, use_caption=use_caption, arch=arch, **kw)
