@@ -134,6 +134,14 @@ class GalleryArrays:
         return self.id_by_key.get(path_key(path))
 
 
+def row_scores(mat: np.ndarray, vec: np.ndarray) -> np.ndarray:
+    """``mat @ vec`` for a candidate pool (a few hundred rows), without BLAS: a multi-threaded BLAS
+    matrix-vector product wakes its worker threads for a few hundred microseconds of work, and on
+    a loaded 2-core machine that wake-up took 20-30 ms (measured: 432 x 1280 + 432 x 384, gather
+    and product 25 ms median with OpenBLAS' 2 threads, 0.09 ms with 1 thread, 0.16 ms with einsum)."""
+    return np.einsum("ij,j->i", mat, vec)
+
+
 def library_stamp(library, counter: ChangeCounter) -> tuple:
     """What the arrays of ``library`` depend on: its database change counter, whitening and models."""
     w = library.whitening
@@ -169,4 +177,4 @@ class GalleryArraysHolder:
         return self._arrays
 
 
-__all__ = ["DTYPES", "FLOAT16_MAX_ERROR", "GalleryArrays", "GalleryArraysHolder", "library_stamp"]
+__all__ = ["DTYPES", "FLOAT16_MAX_ERROR", "GalleryArrays", "GalleryArraysHolder", "library_stamp", "row_scores"]

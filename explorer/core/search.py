@@ -42,7 +42,7 @@ from .errors import BadImage, BadQuery
 from .imageio import load_image
 from .library import Library
 from .models.base import Caption, Detection, l2_normalise
-from .gallery_arrays import GalleryArrays, GalleryArraysHolder
+from .gallery_arrays import GalleryArrays, GalleryArraysHolder, row_scores
 
 MODES = ("image", "fused", "caption")
 DEFAULT_K = 10
@@ -282,7 +282,9 @@ class Searcher:
             work_image=image, work_detections=dets,
         )
         if spec.kind == "image" and not (spec.caption and spec.caption.strip()):
+            t0 = time.perf_counter()
             pq = use_library_captions(self.lib, pq, self.gallery())
+            t["caption_sources"] = time.perf_counter() - t0  # library match, metadata and name captions, re-embedding
         return pq
 
     # -- candidates and ranking ------------------------------------------------------------------
@@ -322,8 +324,8 @@ class Searcher:
         id_arr, rows = id_arr[keep], rows[keep]
         gi, gc = gal.vectors(rows)
         weights = gal.weights[rows]
-        cos_img = gi @ pq.image_vec if pq.image_vec is not None else None
-        cos_cap = gc @ pq.caption_vec if pq.caption_vec is not None else None
+        cos_img = row_scores(gi, pq.image_vec) if pq.image_vec is not None else None
+        cos_cap = row_scores(gc, pq.caption_vec) if pq.caption_vec is not None else None
         excluded = (id_arr == self_id) | (id_arr == pq.library_id) if (self_id is not None or pq.library_id is not None) \
             else np.zeros(len(id_arr), bool)
         t_rescore = time.perf_counter() - t0
