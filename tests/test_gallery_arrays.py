@@ -15,6 +15,7 @@ from sqlalchemy import event
 
 from explorer.core import fusion
 from explorer.core.catalog import Catalog
+from explorer.core.errors import ExplorerError
 from explorer.core.gallery_arrays import FLOAT16_MAX_ERROR, GalleryArrays
 from explorer.core.search import QuerySpec, Searcher
 
@@ -168,8 +169,11 @@ def test_float16_scores_stay_within_the_stated_bound(library_copy):
     assert np.array_equal(p32.ids, p16.ids)
     err = max(np.abs(p32.cos_img - p16.cos_img).max(), np.abs(p32.cos_cap - p16.cos_cap).max())
     assert 0 < err <= FLOAT16_MAX_ERROR
-    with pytest.raises(ValueError):
+    with pytest.raises(ExplorerError, match="search vectors must be one of float32, float16"):
         GalleryArrays.load(lib, dtype="int8")
+    with pytest.raises(ExplorerError, match="search_vectors"):
+        Searcher(lib, vector_dtype="double")
+    assert Searcher(lib).vector_dtype == "float32"  # the setting's default
 
 
 def test_nothing_is_written_into_the_prepared_query(library_copy, tmp_path, skimage_dir):

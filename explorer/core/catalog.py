@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -326,29 +327,35 @@ class GalleryMeta:
 class ChangeCounter:
     """Tells whether the library database changed: SQLite's ``PRAGMA data_version`` on a connection
     of its own, which never writes. The value changes whenever any other connection (this process's
-    pool or another process) commits; reading it costs a PRAGMA on an open connection."""
+    pool or another process) commits; reading it costs a PRAGMA on an open connection. Only values
+    of one counter compare."""
 
     def __init__(self, store: Store):
         self.store = store
         self._conn = None
+        self._release = None
+        self._opened = 0
         self._lock = threading.Lock()
 
-    def value(self) -> int:
+    def value(self) -> tuple[int, int]:
+        """``(connection number, data_version)``: values from different connections never compare equal."""
         with self._lock:
             if self._conn is None:
                 self._conn = self.store.engine.raw_connection()
+                self._release = weakref.finalize(self, self._conn.close)  # back to the pool when dropped unclosed
+                self._opened += 1
             cur = self._conn.cursor()
             try:
                 cur.execute("PRAGMA data_version")
-                return int(cur.fetchone()[0])
+                return self._opened, int(cur.fetchone()[0])
             finally:
                 cur.close()
 
     def close(self) -> None:
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            if self._release is not None:
+                self._release()
+            self._conn = self._release = None
 
 
 __all__ += ["ChangeCounter", "GalleryMeta"]

@@ -23,7 +23,7 @@ next ``current()`` load again.
 
 **Memory** (float32): ``n * (image_dim + text_dim) * 4`` bytes for the vectors — at 100k images
 with 1280-d image and 384-d caption vectors 512 + 154 MB — plus the per-image metadata (measured
-in ``bench/query_latency.py``). ``dtype="float16"`` halves the vectors; re-scoring then differs
+in ``bench/query_latency.py``). ``dtype="float16"`` (setting ``search_vectors``) halves the vectors; re-scoring then differs
 from the float32 scores by at most ``FLOAT16_MAX_ERROR`` for unit vectors (float16 rounding is
 at most 2**-11 relative per component, so ``|q . (g - g16)| <= 2**-11 * sum|q_i g_i| <= 2**-11``
 by Cauchy-Schwarz, and fused scores are convex combinations of the two cosines), and search no
@@ -40,6 +40,7 @@ import numpy as np
 
 from . import fusion
 from .catalog import Catalog, ChangeCounter, GalleryMeta, path_key
+from .errors import ExplorerError
 
 #: bound on |float32 score - float16 score| for unit vectors (see the module docstring)
 FLOAT16_MAX_ERROR = 2.0 ** -11
@@ -76,8 +77,7 @@ class GalleryArrays:
     def load(cls, library, dtype: str = "float32", counter: ChangeCounter | None = None) -> "GalleryArrays":
         """Read the whole gallery of ``library`` (a few seconds at 100k images). ``counter``: the
         change counter whose value goes into the stamp (``GalleryArraysHolder`` passes its own)."""
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        check_dtype(dtype)
         t0 = time.perf_counter()
         own = counter is None
         counter = ChangeCounter(library.store) if own else counter
@@ -134,6 +134,13 @@ class GalleryArrays:
         return self.id_by_key.get(path_key(path))
 
 
+def check_dtype(dtype: str) -> str:
+    if dtype not in DTYPES:
+        raise ExplorerError(f"search vectors must be one of {', '.join(DTYPES)} (setting search_vectors, "
+                            f"EXPLORER_SEARCH_VECTORS), got {dtype!r}")
+    return dtype
+
+
 def row_scores(mat: np.ndarray, vec: np.ndarray) -> np.ndarray:
     """``mat @ vec`` for a candidate pool (a few hundred rows), without BLAS: a multi-threaded BLAS
     matrix-vector product wakes its worker threads for a few hundred microseconds of work, and on
@@ -153,7 +160,7 @@ class GalleryArraysHolder:
 
     def __init__(self, library, dtype: str = "float32"):
         self.library = library
-        self.dtype = dtype
+        self.dtype = check_dtype(dtype)
         self._arrays: GalleryArrays | None = None
         self._lock = threading.Lock()
         self._counter = ChangeCounter(library.store)

@@ -174,15 +174,16 @@ def edit_caption(caption: str, modifier: str) -> str:
 class Searcher:
     """Runs queries against one library. Thread-safe for reads; models are shared with indexing."""
 
-    def __init__(self, library: Library, head=None, vector_dtype: str = "float32"):
+    def __init__(self, library: Library, head=None, vector_dtype: str | None = None):
         """Stores what it is given. ``head``: an optional trained fusion head (``explorer.core.learned``),
         adding mode ``learned``. ``vector_dtype``: how the in-memory gallery keeps its vectors
-        (``float32``, exact; ``float16``, half the memory, see ``gallery_arrays``). ``open()`` (or
-        ``open_searcher``) does the work; a searcher used unopened opens itself on its first query."""
+        (``float32``, exact; ``float16``, half the memory, see ``gallery_arrays``; default: the
+        library's setting ``search_vectors``). ``open()`` (or ``open_searcher``) does the work; a
+        searcher used unopened opens itself on its first query."""
         self.lib = library
         self.head = head
-        self.vector_dtype = vector_dtype
-        self._gallery = GalleryArraysHolder(library, vector_dtype)
+        self.vector_dtype = vector_dtype or library.settings.search_vectors
+        self._gallery = GalleryArraysHolder(library, self.vector_dtype)
         self.repairs: list[str] = []
         self.learned_ids = self.learned_vecs = None
         self._learned_row: dict[int, int] = {}
