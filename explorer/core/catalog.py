@@ -12,6 +12,10 @@ and ``image_id(path)`` / ``image_ids(paths)`` are the one way from a file path t
 
 Folder prefixes (``gallery_items``, ``folder_status``) use the display form stored in
 ``ImageRow.folder``.
+
+For the searcher's in-memory gallery (``explorer.core.gallery_arrays``): ``gallery_meta`` reads
+every ok image's display metadata in one go (``GalleryMeta``), and ``ChangeCounter`` tells cheaply
+whether anything was committed since (SQLite's ``data_version``).
 """
 
 from __future__ import annotations
