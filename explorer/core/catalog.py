@@ -13,14 +13,21 @@ and ``image_id(path)`` / ``image_ids(paths)`` are the one way from a file path t
 
 Folder prefixes (``gallery_items``, ``folder_status``) use the display form stored in
 ``ImageRow.folder``.
+
+For the searcher's in-memory gallery (``explorer.core.gallery_arrays``): ``gallery_meta`` reads
+every ok image's display metadata in one go (``GalleryMeta``), and ``ChangeCounter`` tells cheaply
+whether anything was committed since (SQLite's ``data_version``).
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import weakref
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+import numpy as np
 from sqlalchemy import func, or_, select
 
 from .errors import ExplorerError
@@ -381,5 +388,113 @@ class Catalog:
                     out[r.image_id].append((r.label, r.score, r.box))
         return out
 
+    # -- the gallery in memory (explorer.core.gallery_arrays) ---------------------------------
+    def gallery_meta(self) -> "GalleryMeta":
+        """Display metadata of every ok image, ordered by id: path key, path, content hash, size,
+        stored caption agreement, active caption (``compose``) and detections (in stored order)."""
+        from .models.base import Caption
+
+        with self.store.session() as s:
+            imgs = s.execute(select(ImageRow.id, ImageRow.path_key, ImageRow.path, ImageRow.content_hash, ImageRow.width,
+                                    ImageRow.height, ImageRow.caption_agreement)
+                             .where(ImageRow.status == "ok").order_by(ImageRow.id)).all()
+            caps: dict[int, list] = {}
+            for iid, text, source, model_id, conf in s.execute(select(CaptionRow.image_id, CaptionRow.text, CaptionRow.source,
+                                                                      CaptionRow.model_id, CaptionRow.confidence).order_by(CaptionRow.id)):
+                caps.setdefault(iid, []).append(Caption(text, source, model_id, conf))
+            dets = s.execute(select(DetectionRow.image_id, DetectionRow.label, DetectionRow.score, DetectionRow.x1, DetectionRow.y1,
+                                    DetectionRow.x2, DetectionRow.y2).order_by(DetectionRow.image_id, DetectionRow.id)).all()
+        ids = np.fromiter((r[0] for r in imgs), np.int64, len(imgs))
+        det_ids = np.fromiter((r[0] for r in dets), np.int64, len(dets))
+        keep = np.isin(det_ids, ids)
+        det_ids = det_ids[keep]
+        dets = [d for d, k in zip(dets, keep.tolist()) if k]
+        return GalleryMeta(
+            ids=ids, keys=[r[1] for r in imgs], paths=[r[2] for r in imgs], hashes=[r[3] for r in imgs],
+            width=np.array([-1 if r[4] is None else r[4] for r in imgs], np.int64),
+            height=np.array([-1 if r[5] is None else r[5] for r in imgs], np.int64),
+            agreement=[r[6] for r in imgs], captions=[compose(caps[i]) if i in caps else None for i in ids.tolist()],
+            det_start=np.searchsorted(det_ids, ids, "left"), det_end=np.searchsorted(det_ids, ids, "right"),
+            det_label=[d[1] for d in dets], det_score=np.array([d[2] for d in dets], np.float64),
+            det_box=np.array([d[3:7] for d in dets], np.float64).reshape(-1, 4))
+
 
 __all__ = ["Catalog", "ImageInfo", "ImageState", "path_key", "real_folder"]
+
+
+@dataclass
+class GalleryMeta:
+    """Per-image display metadata of the gallery (``Catalog.gallery_meta``), as arrays and lists in id order.
+
+    Detections are stored flat: image ``r``'s are ``det_*[det_start[r]:det_end[r]]``. ``width`` and
+    ``height`` are -1 where unknown; ``agreement`` keeps None where none is stored."""
+
+    ids: np.ndarray
+    keys: list
+    paths: list
+    hashes: list
+    width: np.ndarray
+    height: np.ndarray
+    agreement: list
+    captions: list
+    det_start: np.ndarray
+    det_end: np.ndarray
+    det_label: list
+    det_score: np.ndarray
+    det_box: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.ids.nbytes + self.width.nbytes + self.height.nbytes + self.det_start.nbytes + self.det_end.nbytes
+                   + self.det_score.nbytes + self.det_box.nbytes)
+
+    def take(self, rows) -> "GalleryMeta":
+        """The metadata of ``rows`` (positions), in that order (detections shared, not copied)."""
+        rows = np.asarray(rows, np.int64)
+        pick = rows.tolist()
+        return GalleryMeta(self.ids[rows], [self.keys[r] for r in pick], [self.paths[r] for r in pick],
+                           [self.hashes[r] for r in pick], self.width[rows], self.height[rows],
+                           [self.agreement[r] for r in pick], [self.captions[r] for r in pick],
+                           self.det_start[rows], self.det_end[rows], self.det_label, self.det_score, self.det_box)
+
+    def detections(self, row: int) -> list[tuple[str, float, tuple[float, float, float, float]]]:
+        """``(label, score, box)`` of the image in ``row``, in stored order."""
+        s, e = int(self.det_start[row]), int(self.det_end[row])
+        return [(self.det_label[j], float(self.det_score[j]), tuple(float(v) for v in self.det_box[j])) for j in range(s, e)]
+
+
+class ChangeCounter:
+    """Tells whether the library database changed: SQLite's ``PRAGMA data_version`` on a connection
+    of its own, which never writes. The value changes whenever any other connection (this process's
+    pool or another process) commits; reading it costs a PRAGMA on an open connection. Only values
+    of one counter compare."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._conn = None
+        self._release = None
+        self._opened = 0
+        self._lock = threading.Lock()
+
+    def value(self) -> tuple[int, int]:
+        """``(connection number, data_version)``: values from different connections never compare equal."""
+        with self._lock:
+            if self._conn is None:
+                self._conn = self.store.engine.raw_connection()
+                self._release = weakref.finalize(self, self._conn.close)  # back to the pool when dropped unclosed
+                self._opened += 1
+            cur = self._conn.cursor()
+            try:
+                cur.execute("PRAGMA data_version")
+                return self._opened, int(cur.fetchone()[0])
+            finally:
+                cur.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._release is not None:
+                self._release()
+            self._conn = self._release = None
+
+
+__all__ += ["ChangeCounter", "GalleryMeta"]

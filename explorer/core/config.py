@@ -31,6 +31,7 @@ ENV_VARS = {
     "engine": "EXPLORER_ENGINE",
     "vector_store": "EXPLORER_VECTOR_STORE",
     "vector_store_uri": "EXPLORER_VECTOR_STORE_URI",
+    "search_vectors": "EXPLORER_SEARCH_VECTORS",
 }
 
 
@@ -78,6 +79,9 @@ class Settings:
     whitening: str = "none"
     whitening_dim: int = 0
     whitening_shrinkage: float = 0.1
+    #: How the searcher's in-memory gallery keeps its vectors (``explorer.core.gallery_arrays``):
+    #: float32 (exact, search equals evaluation) or float16 (half the memory, scores within 2**-11).
+    search_vectors: str = "float32"
 
     def spec(self, role: str) -> str:
         return getattr(self, role)

@@ -136,11 +136,6 @@ class Library:
         rebuilding the index: the value is part of the index's source stamp."""
         return fusion.DEFAULT_ALPHA
 
-    @property
-    def alpha(self) -> float:
-        """Old name of ``fused_index_alpha`` (read-only), kept for callers not yet renamed."""
-        return self.fused_index_alpha
-
     # model facts come from the loaded models, so they are loaded lazily
     @property
     def image_model(self):

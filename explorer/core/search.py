@@ -6,6 +6,17 @@ A query is *prepared* once (decode, detect, caption, embed: the expensive part).
 is then pure numpy over a candidate pool gathered from the ANN indices, so changing alpha
 or k re-ranks live without re-encoding (the GUI's slider relies on this).
 
+**Nothing per query asks the database.** The searcher keeps the gallery in memory
+(``explorer.core.gallery_arrays``: image and caption vectors, caption weights, paths, captions
+and detections as numpy arrays, reloaded when the library's change counter moves), so
+candidates are re-scored by fancy indexing, result metadata comes from the same arrays, and a
+dropped library image is recognised by its path key or content hash without SQL.
+
+**Nothing is written into its arguments.** ``use_library_captions`` returns a new
+``PreparedQuery``; ``candidate_pool`` returns a pool whose ``query`` is the prepared query
+completed with its caption weight and learned vector (``dataclasses.replace``), and ranking
+uses that one.
+
 Composed queries (image + a sentence that modifies it):
 
 - **shared image-text space** (open_clip): training-free weighted fusion. The image query
@@ -21,7 +32,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +46,7 @@ from .captions.sources import GENERATED, METADATA, USER_EDITED, compose
 from .catalog import Catalog
 from .modes import ALL as ALL_MODES
 from .modes import BASE, CAPTION, FUSED, IMAGE, LEARNED
+from .gallery_arrays import GalleryArrays, GalleryArraysHolder, row_scores
 
 #: the modes a search runs by default (a head adds LEARNED); the names live in explorer.core.modes
 MODES = BASE
@@ -167,12 +179,16 @@ def edit_caption(caption: str, modifier: str) -> str:
 class Searcher:
     """Runs queries against one library. Thread-safe for reads; models are shared with indexing."""
 
-    def __init__(self, library: Library, head=None):
+    def __init__(self, library: Library, head=None, vector_dtype: str | None = None):
         """Stores what it is given. ``head``: an optional trained fusion head (``explorer.core.learned``),
-        adding mode ``learned``. ``open()`` (or ``open_searcher``) does the work; a searcher used
-        unopened opens itself on its first query."""
+        adding mode ``learned``. ``vector_dtype``: how the in-memory gallery keeps its vectors
+        (``float32``, exact; ``float16``, half the memory, see ``gallery_arrays``; default: the
+        library's setting ``search_vectors``). ``open()`` (or ``open_searcher``) does the work; a
+        searcher used unopened opens itself on its first query."""
         self.lib = library
         self.head = head
+        self.vector_dtype = vector_dtype or library.settings.search_vectors
+        self._gallery = GalleryArraysHolder(library, self.vector_dtype)
         self.repairs: list[str] = []
         self.learned_ids = self.learned_vecs = None
         self._learned_row: dict[int, int] = {}
@@ -180,14 +196,16 @@ class Searcher:
 
     def open(self) -> "Searcher":
         """Check the library (load the indices, make them agree with the database; repairs in
-        ``self.repairs``) and, with a head, embed the gallery with it. Raises ``BadQuery`` on an
-        empty library. Returns ``self``. Call again after the library changed (indexing, caption
-        edits) to see the new images in the learned mode."""
+        ``self.repairs``), read the gallery into memory (``gallery_arrays``) and, with a head,
+        embed the gallery with it. Raises ``BadQuery`` on an empty library. Returns ``self``. The
+        in-memory gallery follows later changes by itself; call ``open`` again after the library
+        changed (indexing, caption edits) to see the new images in the learned mode."""
         library, head = self.lib, self.head
         if library.store.count_images() == 0:
             raise BadQuery(f"the library at {library.dir} has no indexed images: run `explorer index FOLDER --library {library.dir}` first")
         # load the indices and make them agree with the database, in memory: searching never writes
         self.repairs = library.check(save=False).lines()
+        self._gallery.current()
         self.learned_ids = self.learned_vecs = None
         if head is not None:
             from .learned import embed_gallery
@@ -198,6 +216,16 @@ class Searcher:
             self.learned_ids, self.learned_vecs = learned_ids, learned_vecs
         self.opened = True
         return self
+
+    def gallery(self) -> GalleryArrays:
+        """The gallery in memory, current: reloaded first if the library changed since it was read."""
+        if not self.opened:
+            self.open()
+        return self._gallery.current()
+
+    def close(self) -> None:
+        """Release the connection the in-memory gallery watches the database with."""
+        self._gallery.close()
 
     # -- preparing ------------------------------------------------------------------------------
     def prepare(self, spec: QuerySpec) -> PreparedQuery:
@@ -260,14 +288,17 @@ class Searcher:
             work_image=image, work_detections=dets,
         )
         if spec.kind == "image" and not (spec.caption and spec.caption.strip()):
-            use_library_captions(self.lib, pq)
+            t0 = time.perf_counter()
+            pq = use_library_captions(self.lib, pq, self.gallery())
+            t["caption_sources"] = time.perf_counter() - t0  # library match, metadata and name captions, re-embedding
         return pq
 
     # -- candidates and ranking ------------------------------------------------------------------
     def candidate_pool(self, pq: PreparedQuery, k: int) -> "CandidatePool":
-        """Gather candidates from every index, then their exact cosines for every mode."""
-        if not self.opened:
-            self.open()
+        """Gather candidates from every index, then their exact cosines for every mode, from the
+        in-memory gallery. ``pq`` is not changed: the pool's ``query`` is ``pq`` with the caption
+        weight of an outside image (its agreement with this library) and the learned vector."""
+        gal = self.gallery()
         t0 = time.perf_counter()
         pool_k = max(POOL_MIN, 4 * k)
         ids: set[int] = set()
@@ -277,59 +308,40 @@ class Searcher:
         if pq.caption_vec is not None:
             ids.update(cap_idx.search(pq.caption_vec, pool_k)[0].tolist())
         if pq.image_vec is not None and pq.caption_vec is not None:
-            ids.update(fused_idx.search(fusion.fuse_query(pq.image_vec, pq.caption_vec, self.lib.alpha, self.lib.shared_space), pool_k)[0].tolist())
+            ids.update(fused_idx.search(fusion.fuse_query(pq.image_vec, pq.caption_vec, self.lib.fused_index_alpha, self.lib.shared_space), pool_k)[0].tolist())
+        self_id = gal.image_id(pq.self_path) if pq.self_path else None
         if pq.image_vec is not None and pq.caption is not None and pq.spec.image is not None and pq.library_id is None:
-            self_ids = self._ids_of_path(pq.self_path)
-            agreement = self.lib.query_agreement(pq.image_vec, pq.caption_vec, self_ids)
-            pq.caption_weight = fusion.caption_weight(pq.caption.source, pq.caption.confidence, agreement)
+            agreement = self.lib.query_agreement(pq.image_vec, pq.caption_vec, set() if self_id is None else {self_id})
+            pq = replace(pq, caption_weight=fusion.caption_weight(pq.caption.source, pq.caption.confidence, agreement))
         if self.head is not None and pq.work_image is not None:
             from .learned import embed_query, query_box_features
 
             bf = query_box_features(self.lib, pq.work_image, pq.work_detections) if self.head.cfg.use_boxes else None
             w = 1.0 if pq.target_text is not None else pq.caption_weight
-            pq.learned_vec = np.asarray(embed_query(self.head, pq.image_vec, pq.caption_vec, bf, w), np.float32)
+            pq = replace(pq, learned_vec=np.asarray(embed_query(self.head, pq.image_vec, pq.caption_vec, bf, w), np.float32))
             sims = self.learned_vecs @ pq.learned_vec
             top = np.argpartition(-sims, min(pool_k, len(sims) - 1))[:pool_k] if len(sims) else []
             ids.update(self.learned_ids[top].tolist())
         t_ann = time.perf_counter() - t0
         t0 = time.perf_counter()
-        id_arr = np.array(sorted(ids), np.int64)
-        live_img, live_cap = img_idx.live_ids(), cap_idx.live_ids()
-        id_arr = np.array([i for i in id_arr if i in live_img and i in live_cap], np.int64)
-        if len(id_arr):
-            gi, gc = img_idx.get_vectors(id_arr), cap_idx.get_vectors(id_arr)
-        else:
-            gi = np.zeros((0, self.lib.image_dim), np.float32)
-            gc = np.zeros((0, self.lib.text_model.dim), np.float32)
-        meta = self._fetch_meta(id_arr.tolist())
-        weights = np.array([meta[i]["weight"] for i in id_arr.tolist()], np.float32)
-        cos_img = gi @ pq.image_vec if pq.image_vec is not None else None
-        cos_cap = gc @ pq.caption_vec if pq.caption_vec is not None else None
-        t_db = time.perf_counter() - t0
-        return CandidatePool(id_arr, gi, gc, cos_img, cos_cap, weights, meta, {"ann": t_ann, "db_fetch": t_db})
-
-    def _ids_of_path(self, path: str | None) -> set[int]:
-        if not path:
-            return set()
-        iid = Catalog(self.lib.store).image_id(path)
-        return set() if iid is None else {iid}
-
-    def _fetch_meta(self, ids: list[int]) -> dict[int, dict]:
-        out: dict[int, dict] = {i: {"path": "", "caption": "", "source": "", "weight": 0.0, "detections": [], "w": None, "h": None} for i in ids}
-        if not ids:
-            return out
-        for i, m in Catalog(self.lib.store).result_meta(ids).items():
-            out[i].update(path=m["path"], w=m["w"], h=m["h"])
-            c = m["caption"]
-            if c is not None:
-                out[i].update(caption=c.text, source=c.source, parts=c.parts,
-                              weight=fusion.caption_weight(c.source, c.confidence, m["agreement"]))
-            out[i]["detections"].extend({"label": label, "score": round(score, 4), "box": [round(v, 1) for v in box]}
-                                        for label, score, box in m["detections"])
-        return out
+        id_arr = np.array(sorted(i for i in ids if i >= 0), np.int64)
+        rows = gal.rows(id_arr)
+        keep = rows >= 0  # an id the index has but the gallery (read under the current stamp) has not
+        id_arr, rows = id_arr[keep], rows[keep]
+        gi, gc = gal.vectors(rows)
+        weights = gal.weights[rows]
+        cos_img = row_scores(gi, pq.image_vec) if pq.image_vec is not None else None
+        cos_cap = row_scores(gc, pq.caption_vec) if pq.caption_vec is not None else None
+        excluded = (id_arr == self_id) | (id_arr == pq.library_id) if (self_id is not None or pq.library_id is not None) \
+            else np.zeros(len(id_arr), bool)
+        t_rescore = time.perf_counter() - t0
+        return CandidatePool(id_arr, gi, gc, cos_img, cos_cap, weights, rows, gal, excluded, pq,
+                             {"ann": t_ann, "rescore": t_rescore})
 
     def rank(self, pq: PreparedQuery, pool: "CandidatePool", mode: str, k: int, alpha: float, rerank: str = "none") -> ModeResult:
-        """Rank the pool for one mode. Cheap: no model runs here."""
+        """Rank the pool for one mode. Cheap: no model runs here, nothing is read from the database.
+        The pool's own query (``pq`` completed by ``candidate_pool``) is the one ranked."""
+        pq = pool.query
         note = None
         if mode == IMAGE:
             if pool.cos_img is None:
@@ -359,24 +371,18 @@ class Searcher:
         else:
             raise BadQuery(f"unknown mode '{mode}'; choose from {', '.join(ALL_MODES)}")
         scores = np.asarray(scores, np.float32).copy()
-        if pq.self_path is not None or pq.library_id is not None:
-            for j, i in enumerate(pool.ids.tolist()):
-                if pool.meta[i]["path"] == pq.self_path or i == pq.library_id:
-                    scores[j] = -np.inf
+        scores[pool.excluded] = -np.inf  # the query itself
         if rerank not in rr.METHODS:
             raise BadQuery(f"unknown rerank '{rerank}'; choose from {', '.join(rr.METHODS)}")
         if rerank != "none" and len(scores):
             scores = self._rerank(pq, pool, mode, scores, alpha, rerank)
         order = np.lexsort((pool.ids, -scores))[: min(k, int(np.isfinite(scores).sum()))]
-        hits = []
-        for r, j in enumerate(order, 1):
-            i = int(pool.ids[j])
-            m = pool.meta[i]
-            hits.append(Hit(r, i, m["path"], float(scores[j]), m["caption"], m["source"], m["detections"], m["w"], m["h"]))
+        hits = [pool.hit(r, int(j), float(scores[j])) for r, j in enumerate(order, 1)]
         return ModeResult(mode, hits, rerank, note)
 
     def mode_vectors(self, pq: PreparedQuery, pool: "CandidatePool", mode: str, alpha: float):
-        """The mode as ``(scorer, query rows, gallery rows)`` for ``explorer.core.rerank``."""
+        """The mode as ``(scorer, query rows, gallery rows)`` for ``explorer.core.rerank`` (the pool's query)."""
+        pq = pool.query
         if mode == LEARNED:
             rows = [self._learned_row.get(int(i)) for i in pool.ids.tolist()]
             gl = np.zeros((len(rows), self.learned_vecs.shape[1]), np.float32)
@@ -409,14 +415,15 @@ class Searcher:
     def search(self, spec: QuerySpec, modes=MODES, k: int = DEFAULT_K, alpha: float | None = None, rerank: str = "none") -> SearchResult:
         if k <= 0:
             raise BadQuery("k must be a positive number")
-        alpha = self.lib.alpha if alpha is None else float(alpha)
+        alpha = self.lib.fused_index_alpha if alpha is None else float(alpha)
         if not 0.0 <= alpha <= 1.0:
             raise BadQuery(f"alpha must be in [0, 1], got {alpha}")
-        pq = self.prepare(spec)
-        pool = self.candidate_pool(pq, k)
-        return self.rank_all(pq, pool, modes, k, alpha, rerank)
+        pool = self.candidate_pool(self.prepare(spec), k)
+        return self.rank_all(pool.query, pool, modes, k, alpha, rerank)
 
     def rank_all(self, pq: PreparedQuery, pool: "CandidatePool", modes, k: int, alpha: float, rerank: str = "none") -> SearchResult:
+        """Rank every mode; the result's ``query`` is the pool's (with its caption weight)."""
+        pq = pool.query
         t0 = time.perf_counter()
         results = {m: self.rank(pq, pool, m, k, alpha, rerank) for m in modes}
         t_rank = time.perf_counter() - t0
@@ -430,16 +437,17 @@ def open_searcher(library: Library, head=None) -> Searcher:
     return Searcher(library, head=head).open()
 
 
-def use_library_captions(lib: Library, pq: PreparedQuery) -> None:
-    """Make an image query use what the library holds, as evaluation does.
+def use_library_captions(lib: Library, pq: PreparedQuery, gallery: GalleryArrays) -> PreparedQuery:
+    """Make an image query use what the library holds, as evaluation does; returns a new query.
 
     A query that *is* a library image (same real path, else same content hash, e.g. a copy
     dropped from elsewhere) takes that image's stored image and caption vectors, its active
-    caption and its caption weight (``Library.gallery_vectors``), and is left out of its own
-    results (``library_id``). Any other image gets the caption sources that need no model
-    (embedded metadata, file and folder names, as enabled in the settings) joined to its
-    generated caption, as indexing would store them; its weight is computed against the
-    library later. Called by ``Searcher.prepare`` for plain image queries.
+    caption and its caption weight (the in-memory ``gallery``, which equals
+    ``Library.gallery_vectors``), and is left out of its own results (``library_id``). Any other
+    image gets the caption sources that need no model (embedded metadata, file and folder names,
+    as enabled in the settings) joined to its generated caption, as indexing would store them;
+    its weight is computed against the library later. Called by ``Searcher.prepare`` for plain
+    image queries. ``pq`` is not changed.
     """
     import os
 
@@ -448,16 +456,18 @@ def use_library_captions(lib: Library, pq: PreparedQuery) -> None:
     from .pipeline import content_hash
 
     real = os.path.realpath(pq.spec.image)
-    catalog = Catalog(lib.store)
-    iid = catalog.ok_image_by_path_or_hash(real, digest_of=content_hash)
-    gal = lib.gallery_vectors([iid]) if iid is not None else None
-    if gal is not None and len(gal.ids) == 1:
-        active = catalog.active_caption(iid)
-        pq.image_vec, pq.caption_vec = gal.image[0].copy(), gal.caption[0].copy()
-        pq.caption = active
-        pq.caption_weight = float(gal.weights[0])
-        pq.library_id = int(iid)
-        return
+    iid = gallery.image_id(real)
+    if iid is None:
+        try:
+            digest = content_hash(os.fsencode(real))
+        except OSError:
+            digest = None
+        iid = gallery.id_by_hash.get(digest) if digest else None
+    row = int(gallery.rows([iid])[0]) if iid is not None else -1
+    if row >= 0:
+        gi, gc = gallery.vectors(np.array([row]))
+        return replace(pq, image_vec=gi[0], caption_vec=gc[0], caption=gallery.meta.captions[row],
+                       caption_weight=float(gallery.weights[row]), library_id=int(iid))
     sources = set(lib.settings.caption_sources)
     found = {GENERATED: pq.caption} if pq.caption is not None else {}
     if METADATA in sources:
@@ -467,20 +477,37 @@ def use_library_captions(lib: Library, pq: PreparedQuery) -> None:
     found.update(name_captions(real, sources))
     composed = compose(found)
     if composed is not None and composed.text != (pq.caption.text if pq.caption else None):
-        pq.caption = composed
-        pq.caption_vec = lib.loader.get("text").embed_texts([composed.text])[0]
+        return replace(pq, caption=composed, caption_vec=lib.loader.get("text").embed_texts([composed.text])[0])
+    return pq
 
 
 @dataclass
 class CandidatePool:
+    """A query's candidates with everything ranking needs (no database behind it)."""
+
     ids: np.ndarray
     gi: np.ndarray
     gc: np.ndarray
     cos_img: np.ndarray | None
     cos_cap: np.ndarray | None
     weights: np.ndarray
-    meta: dict[int, dict]
+    #: each candidate's row in ``gallery``
+    rows: np.ndarray
+    gallery: GalleryArrays
+    #: candidates that are the query itself (same path, or its library image)
+    excluded: np.ndarray
+    #: the prepared query, completed with its caption weight and learned vector
+    query: PreparedQuery
     timings: dict[str, float]
+
+    def hit(self, rank: int, j: int, score: float) -> Hit:
+        """Candidate ``j`` as a result, with its metadata from the in-memory gallery."""
+        m, r = self.gallery.meta, int(self.rows[j])
+        c = m.captions[r]
+        w, h = int(m.width[r]), int(m.height[r])
+        dets = [{"label": label, "score": round(sc, 4), "box": [round(v, 1) for v in box]} for label, sc, box in m.detections(r)]
+        return Hit(rank, int(self.ids[j]), m.paths[r], score, c.text if c is not None else "", c.source if c is not None else "",
+                   dets, None if w < 0 else w, None if h < 0 else h)
 
 
 def annotate_rank_changes(results: dict[str, ModeResult], k: int) -> dict[str, dict]:

@@ -257,9 +257,8 @@ class SearchPage(QWidget):
                 except ExplorerError as e:
                     raise BadQuery(f"cannot use {os.path.basename(spec.image)} as a query: {e}") from None
             searcher = session.searcher()
-            pq = searcher.prepare(spec)
-            pool = searcher.candidate_pool(pq, POOL_K)
-            return searcher, pq, pool, display
+            pool = searcher.candidate_pool(searcher.prepare(spec), POOL_K)
+            return searcher, pool.query, pool, display  # the pool's query carries its caption weight
 
         self.drop_zone.busy_text = "Searching…" + ("" if self.ctx.warm else " (loading models)")
         self.drop_zone.update()
@@ -281,6 +280,7 @@ class SearchPage(QWidget):
         def done(out):
             if seq == self._query_seq and pq is self.prepared:
                 self.searcher, self.pool = out
+                self.prepared = self.pool.query
                 self.rerank()
 
         self.ctx.tasks.start(job, on_result=done, on_error=self.ctx.notify.error, name="refresh pool")

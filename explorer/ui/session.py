@@ -66,14 +66,21 @@ class Session:
     def refresh_searcher(self) -> None:
         """The library changed (images indexed or removed, a caption edited): open a new searcher.
 
-        With a head this re-embeds the gallery, so run it in a worker. Without one the searcher
-        holds nothing per image (the indices it reads are the library's own) and is kept.
+        With a head this re-embeds the gallery, so run it in a worker. Without one the searcher is
+        kept: its in-memory gallery notices the change by itself, and is re-read here (in the
+        worker) so that the next query does not wait for it.
         """
         from ..core.search import open_searcher
 
         with self._lock:
-            head, had = self.head, self._searcher is not None
-        if head is None or not had:
+            head, had, current = self.head, self._searcher is not None, self._searcher
+        if not had:
+            return
+        if head is None:
+            if self.catalog.count_images() == 0:
+                self.reset_searcher()
+            else:
+                current.gallery()
             return
         if self.catalog.count_images() == 0:
             self.reset_searcher()
