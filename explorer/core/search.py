@@ -43,7 +43,6 @@ from .imageio import load_image
 from .library import Library
 from .models.base import Caption, Detection, l2_normalise
 from .captions.sources import GENERATED, METADATA, USER_EDITED, compose
-from .catalog import Catalog
 from .modes import ALL as ALL_MODES
 from .modes import BASE, CAPTION, FUSED, IMAGE, LEARNED
 from .gallery_arrays import GalleryArrays, GalleryArraysHolder, row_scores
