@@ -292,6 +292,13 @@ class Library:
                 return ids("caption", tx)
             return ids("image", im) & ids("caption", tx)
 
+    def reload(self) -> None:
+        """Another process wrote this library (the window's indexing worker): forget the indices and
+        the whitening held in memory, so the next use opens what that process saved."""
+        with self._indices_lock:
+            self._indices.clear()
+            self._whitening = None
+
     def sync_indices(self, save: bool = True) -> dict[str, SyncReport]:
         """Sync the three indices with the database; ``save`` writes changed ones, but only when
         this process is the writer (a reader's repairs stay in memory)."""

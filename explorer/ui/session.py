@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 from ..core.catalog import Catalog, ImageInfo
@@ -87,11 +88,27 @@ class Session:
         with self._lock:
             self._searcher = None
 
-    def index_folder(self, folder: str, progress=None, cancel=None):
-        """Index one folder into the library, then refresh the searcher; returns the IndexSummary."""
+    def index_folder(self, folder: str, progress=None, cancel=None, mode: str | None = None):
+        """Index one folder into the library, then refresh the searcher; returns the IndexSummary.
+
+        ``mode`` (default ``indexing_worker.index_mode()``): ``process`` runs the pipeline in a
+        worker process (no model work competes with the GUI thread for the GIL; this library then
+        reopens the indices that process saved), ``thread`` runs it here, in the calling thread.
+        """
+        from ..core.indexing_worker import index_in_process, index_mode
         from ..core.pipeline import Indexer
 
-        summary = Indexer(self.library).run([folder], progress=progress, cancel=cancel)
+        if (mode or index_mode()) == "thread":
+            summary = Indexer(self.library).run([folder], progress=progress, cancel=cancel)
+        else:
+            settings = replace(self.library.settings, library=str(self.library.dir))
+            try:
+                summary = index_in_process(settings, [folder], progress=progress, cancel=cancel)
+            finally:
+                self.library.reload()  # whatever the worker committed and saved, even when it failed
+                with self._lock:
+                    if self.head is None:
+                        self._searcher = None  # reopened (and checked) on the next search
         if summary.indexed or summary.removed:
             self.refresh_searcher()
         return summary
