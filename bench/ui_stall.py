@@ -46,7 +46,7 @@ def run_once(mode: str | None) -> tuple[int, list[str], str]:
         env["EXPLORER_INDEX_MODE"] = mode
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "tests/test_ui_responsiveness.py"],
                        cwd=ROOT, env=env, capture_output=True, text=True)
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith(("indexed ", "stalls: "))]
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith(("indexed ", "stalls: ", "peak RSS: "))]
     return r.returncode, lines, r.stdout[-3000:] + "\n" + r.stderr[-2000:]
 
 

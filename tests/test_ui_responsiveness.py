@@ -8,7 +8,7 @@ image is indexed and the grid fills. How long the longest stall is belongs to a 
 
 from __future__ import annotations
 
-import os
+import resource
 import threading
 import time
 
@@ -121,6 +121,11 @@ def test_main_thread_keeps_running_while_indexing(qtbot, tmp_path, loader, small
               f"{len(gaps_ms)} beats, max gap {worst:.1f} ms, p99 {p99:.1f} ms, median {gaps_ms[len(gaps_ms) // 2]:.1f} ms")
         if parts:
             print("stalls: " + stall_breakdown(parts[1:], 0.010))
+        # peak RSS: this process (window, its models, and the indexing when it runs in a thread) and the
+        # largest child waited for (the indexing process, when it runs in one)
+        kib = 1024  # ru_maxrss is in KiB on Linux
+        print(f"peak RSS: window process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / kib:.0f} MB, "
+              f"largest child process {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / kib:.0f} MB")
         assert len(gaps_ms) >= MIN_BEATS, f"the GUI thread stood still while indexing ({len(gaps_ms)} heartbeats)"
     finally:
         restore_threads(old)

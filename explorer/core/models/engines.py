@@ -117,11 +117,6 @@ def set_thread_cap(n: int | None) -> int | None:
     return old
 
 
-def thread_cap() -> int | None:
-    """The cap in force (None: none)."""
-    return _thread_cap
-
-
 def engine_threads() -> int:
     """Intra-op threads for an engine: ``$EXPLORER_ENGINE_THREADS``, else the cores this process may use, within the cap."""
     env = os.environ.get("EXPLORER_ENGINE_THREADS")
