@@ -114,8 +114,7 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_path(p.name))
 
 
-def bench(folder: Path, batch_size: int, workdir: Path, profile: bool = False, engine: str = "auto",
-          compare: bool = False) -> dict:
+def bench(folder: Path, batch_size: int, workdir: Path, profile: bool = False, engine: str = "auto") -> dict:
     from explorer.core.config import Settings
     from explorer.core.imageio import load_image
     from explorer.core.library import Library
@@ -161,35 +160,22 @@ def bench(folder: Path, batch_size: int, workdir: Path, profile: bool = False, e
     bare_forward(files[:half])
 
     # -- the full pipeline on a fresh library -------------------------------------------------
-    def pipeline(commit_ahead: bool) -> dict:
-        shutil.rmtree(lib_dir, ignore_errors=True)
-        lib = Library(lib_dir, settings, loader=loader)
-        hwm_ok = reset_peak()
-        prof = cProfile.Profile() if profile else None
-        t, c = time.perf_counter(), time.process_time()
-        if prof:
-            prof.enable()
-        summary = Indexer(lib, batch_size=batch_size, commit_ahead=commit_ahead).run([folder])
-        if prof:
-            prof.disable()
-        r = {"s": time.perf_counter() - t, "cpu": time.process_time() - c, "n": summary.indexed,
-             "peak": vm_hwm_mb() if hwm_ok else None, "prof": prof}
-        lib.close()
-        if summary.failures:
-            print(f"warning: {len(summary.failures)} failures, e.g. {summary.failures[0]}", file=sys.stderr)
-        return r
-
-    # ``compare``: the serial commit (before) and the commit ahead (after), ABBA on fresh libraries
-    order = [False, True, True, False] if compare else [True]
-    runs = {False: [], True: []}
-    for ahead in order:
-        runs[ahead].append(pipeline(ahead))
-    main = runs[True]
-    pipe_s, pipe_cpu, n_pipe = sum(r["s"] for r in main), sum(r["cpu"] for r in main), sum(r["n"] for r in main)
-    index_peak = max((r["peak"] for r in main if r["peak"]), default=None)
-    prof = main[0]["prof"]
+    lib = Library(lib_dir, settings, loader=loader)
+    hwm_ok = reset_peak()
+    prof = cProfile.Profile() if profile else None
+    t, c = time.perf_counter(), time.process_time()
+    if prof:
+        prof.enable()
+    summary = Indexer(lib, batch_size=batch_size).run([folder])
+    if prof:
+        prof.disable()
+    pipe_s, pipe_cpu = time.perf_counter() - t, time.process_time() - c
+    index_peak = vm_hwm_mb() if hwm_ok else None
+    lib.close()
+    if summary.failures:
+        print(f"warning: {len(summary.failures)} failures, e.g. {summary.failures[0]}", file=sys.stderr)
+    n_pipe = summary.indexed
     pipe_rate = n_pipe / pipe_s
-    n_pipe //= len(main)
 
     bare_forward(files[half:])
     bare_rate = bare["n"] / bare["s"]
@@ -201,13 +187,13 @@ def bench(folder: Path, batch_size: int, workdir: Path, profile: bool = False, e
         "model_load_s": round(load_s, 2),
         "pipeline_s": round(pipe_s, 2),
         "pipeline_img_per_s": round(pipe_rate, 2),
-        "pipeline_cpu_s_per_img": round(pipe_cpu / max(sum(r["n"] for r in main), 1), 3),
+        "pipeline_cpu_s_per_img": round(pipe_cpu / max(n_pipe, 1), 3),
         "decode_in_advance_s": round(bare["decode_s"], 2),
         "bare_forward_s": round(bare["s"], 2),
         "bare_forward_img_per_s": round(bare_rate, 2),
         "bare_cpu_s_per_img": round(bare["cpu"] / bare["n"], 3),
         "ratio": round(pipe_rate / bare_rate, 3),
-        "cpu_ratio": round((bare["cpu"] / bare["n"]) / (pipe_cpu / max(sum(r["n"] for r in main), 1)), 3),
+        "cpu_ratio": round((bare["cpu"] / bare["n"]) / (pipe_cpu / max(n_pipe, 1)), 3),
         "target_ratio": TARGET_RATIO,
         "peak_rss_mb": round(rss_peak_mb(), 1),
         "peak_rss_indexing_mb": round(index_peak, 1) if index_peak else None,
@@ -216,14 +202,6 @@ def bench(folder: Path, batch_size: int, workdir: Path, profile: bool = False, e
                              for r, m in (("detector", detector), ("image", image_enc), ("text", text_enc))},
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
     }
-    if compare:
-        serial = runs[False]
-        ser_rate = sum(r["n"] for r in serial) / sum(r["s"] for r in serial)
-        ser_cpu = sum(r["cpu"] for r in serial) / sum(r["n"] for r in serial)
-        out["serial_commit"] = {"pipeline_img_per_s": round(ser_rate, 2), "pipeline_cpu_s_per_img": round(ser_cpu, 3),
-                                "ratio": round(ser_rate / bare_rate, 3),
-                                "cpu_ratio": round((bare["cpu"] / bare["n"]) / ser_cpu, 3),
-                                "peak_rss_indexing_mb": round(max((r["peak"] for r in serial if r["peak"]), default=0), 1) or None}
     if prof:
         s = io.StringIO()
         pstats.Stats(prof, stream=s).sort_stats("cumulative").print_stats(30)
@@ -241,9 +219,6 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", action="store_true", help="cProfile the pipeline run and print the top entries")
     ap.add_argument("--engine", default="auto", choices=("auto", "torch", "onnx", "openvino"),
                     help="inference engine of the offline default models (default auto)")
-    ap.add_argument("--compare-commit", action="store_true",
-                    help="also index with the batch commit in the model thread (the pipeline before the commit-ahead "
-                         "writer), ABBA with the default, and print both ratios")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -262,7 +237,7 @@ def main(argv=None) -> int:
                 t = time.perf_counter()
                 make_photos(folder, args.n, args.seed)
                 print(f"made {args.n} photos in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-        res = bench(folder.expanduser().resolve(), args.batch_size, workdir, args.profile, args.engine, args.compare_commit)
+        res = bench(folder.expanduser().resolve(), args.batch_size, workdir, args.profile, args.engine)
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -278,11 +253,6 @@ def main(argv=None) -> int:
               f" decoding in advance took {res['decode_in_advance_s']:.1f} s, not counted)")
         verdict = "meets" if res["ratio"] >= TARGET_RATIO else "BELOW"
         print(f"ratio             {res['ratio']:.3f}  ({verdict} the {TARGET_RATIO} target; CPU-time ratio {res['cpu_ratio']:.3f})")
-        if "serial_commit" in res:
-            sc = res["serial_commit"]
-            print(f"  serial commit   {sc['pipeline_img_per_s']:6.2f} img/s  ({sc['pipeline_cpu_s_per_img']:.3f} CPU-s/img): ratio "
-                  f"{sc['ratio']:.3f}, CPU-time ratio {sc['cpu_ratio']:.3f}; peak RSS indexing {sc['peak_rss_indexing_mb']} MB"
-                  "  (before the commit-ahead writer; same run, ABBA)")
         print(f"peak RSS          {res['peak_rss_mb']:.0f} MB (process)"
               + (f", {res['peak_rss_indexing_mb']:.0f} MB during indexing" if res["peak_rss_indexing_mb"] else ""))
     if profile:

@@ -21,9 +21,8 @@ Stages, overlapped so the models never wait on the disk:
    embedded is ``captions.sources.compose`` of them. A change of sources (setting
    ``caption_sources``) only re-embeds captions: images are not decoded again unless OCR
    has to read them;
-5. **commit** one transaction per batch (rows, captions, detections, vectors together), on a
-   writer thread while the models run the next batch (``commit_ahead.CommitAhead``: in order,
-   at most one batch behind), and sync the hnswlib indices every few seconds and at the end.
+5. **commit** one transaction per batch (rows, captions, detections, vectors together) and
+   sync the hnswlib indices every few seconds and at the end.
 
 A process killed anywhere leaves every image either fully committed or untouched; the next
 ``Library.check`` makes the indices agree with the database again. A run holds the library's
@@ -51,7 +50,6 @@ from sqlalchemy import delete, select
 
 from .captions import CaptionsFile, metadata_caption, name_captions, read_sidecar
 from .captions.sources import EXTRA_SOURCES, REREAD_USER_SOURCES, compose
-from .commit_ahead import CommitAhead
 from .edits import MAX_CAPTION_CHARS
 from .errors import BadImage, ExplorerError
 from .imageio import LoadedImage, is_image_path, load_image
@@ -335,7 +333,6 @@ class Indexer:
         decode_workers: int | None = None,
         sync_every_s: float = 20.0,
         follow_symlinks: bool = False,
-        commit_ahead: bool = True,
     ):
         self.lib = library
         self.captions_file = captions_file
@@ -346,9 +343,6 @@ class Indexer:
         self._ocr = None
         self._notes: list[Failure] = []
         self.follow_symlinks = follow_symlinks
-        #: commit each batch on a writer thread while the models run the next (``commit_ahead``)
-        self.commit_ahead = commit_ahead
-        self._writer = CommitAhead(enabled=False)  # a run replaces it; outside a run, commits are immediate
 
     # -- the models ------------------------------------------------------------------------
     def _models(self):
@@ -508,7 +502,6 @@ class Indexer:
         last_sync = time.monotonic()
         t_index = time.monotonic()
         failed = True
-        self._writer = CommitAhead(self.commit_ahead)
         try:
             for batch in self._decoded_batches(todo, cancel):
                 self._process(batch, summary, detector, captioner, image_enc, text_enc)
@@ -518,16 +511,12 @@ class Indexer:
                 prog.current = display(batch[-1].work.path)
                 emit(prog)
                 if time.monotonic() - last_sync > self.sync_every_s:
-                    self._writer.wait()
                     self.lib.sync_indices(save=True)
                     last_sync = time.monotonic()
                 if cancel.is_set():
                     break
-            self._writer.close()  # the last batch is committed (or its error raised) before the run ends
             failed = False
         finally:
-            self._writer.close(quiet=True)
-            self._writer = CommitAhead(enabled=False)
             summary.cancelled = cancel.is_set()
             emit(Progress("saving", prog.done, prog.total, prog.failed, prog.skipped, prog.elapsed))
             try:
@@ -640,8 +629,7 @@ class Indexer:
             for k, v in zip(keys, res):
                 if v is not None:
                     txt_vecs[k] = v
-        self._writer.submit(self._commit, batch, errors, dets, caps, img_vecs, texts, txt_vecs, summary, detector.model_id,
-                            image_enc.model_id, text_enc.model_id, ocrs)
+        self._commit(batch, errors, dets, caps, img_vecs, texts, txt_vecs, summary, detector.model_id, image_enc.model_id, text_enc.model_id, ocrs)
 
     def _stored_detections(self, decoded: list[Decoded]) -> dict[int, list[Detection]]:
         ids = [d.work.image_id for d in decoded if d.work.image_id is not None]
