@@ -19,7 +19,8 @@ because the worker threads of its own process use up the CPU share of the proces
 group (autogroup: one per session). ``bench/ui_stall.py`` splits each long stall into the GUI
 thread running, waiting for a core and being blocked; in the window's process at load ~14 the
 waiting for a core dominated. The child shares no GIL with the window and starts its own session,
-hence its own scheduling group; the parent's waiting thread sleeps in ``poll``.
+hence its own scheduling group; the parent's waiting thread sleeps until a message arrives or
+the child exits (waking every ``poll_s`` only to forward a cancel).
 
 The child writes the database and saves the indices; the caller's ``Library`` must then reopen
 its in-memory indices (``Library.reload``) before it searches. The child ends its run when the
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+from multiprocessing.connection import wait as mp_wait
 import os
 import pickle
 import threading
@@ -120,7 +122,7 @@ def index_in_process(
     cancel: threading.Event | None = None,
     thread_cap: int | None = None,
     follow_symlinks: bool = False,
-    poll_s: float = 0.05,
+    poll_s: float = 0.25,
 ):
     """Index ``folders`` into ``settings.library`` in a spawned process; blocks until it ends.
 
@@ -140,10 +142,10 @@ def index_in_process(
         while answer is None:
             if cancel is not None and cancel.is_set() and not stop.is_set():
                 stop.set()
-            if not recv_end.poll(poll_s):
-                if not proc.is_alive() and not recv_end.poll(0):
-                    break
-                continue
+            if not mp_wait([recv_end, proc.sentinel], poll_s):
+                continue  # nothing yet: look at the cancel event again
+            if not recv_end.poll(0):  # the child exited without a message pending
+                break
             try:
                 msg = recv_end.recv()
             except EOFError:
