@@ -75,6 +75,8 @@ def test_worker_indexes_and_the_caller_sees_it(tmp_path, sample_gallery, loader)
     assert not lib.is_writer and not holder_info(lib.dir / "writer.lock").get("pid")
     lib.reload()
     assert len(ok_ids(lib)) == 20
+    for mode in ("image", "caption", "fused"):  # reopened from what the worker saved, no sync needed
+        assert lib.index(mode).live_ids() == ok_ids(lib), mode
     assert_consistent(lib)
     # the same vectors as indexing in this process: a second run finds nothing to do
     again = Indexer(lib).run([g])

@@ -293,11 +293,13 @@ class Library:
             return ids("image", im) & ids("caption", tx)
 
     def reload(self) -> None:
-        """Another process wrote this library (the window's indexing worker): forget the indices and
-        the whitening held in memory, so the next use opens what that process saved."""
+        """Another process wrote this library (the window's indexing worker): drop the indices and the
+        whitening held in memory and open what that process saved, synced with the database (a
+        reader's sync: nothing is written). Other threads asking for an index meanwhile wait."""
         with self._indices_lock:
             self._indices.clear()
             self._whitening = None
+            self.sync_indices(save=False)
 
     def sync_indices(self, save: bool = True) -> dict[str, SyncReport]:
         """Sync the three indices with the database; ``save`` writes changed ones, but only when

@@ -11,6 +11,7 @@ Read queries go through ``explorer.core.catalog.Catalog`` (no SQL here).
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from dataclasses import replace
@@ -20,6 +21,8 @@ from ..core.catalog import Catalog, ImageInfo
 from ..core.config import Settings
 from ..core.library import Library
 from ..core.models.registry import ModelLoader
+
+log = logging.getLogger(__name__)
 
 
 class Session:
@@ -105,7 +108,10 @@ class Session:
             try:
                 summary = index_in_process(settings, [folder], progress=progress, cancel=cancel)
             finally:
-                self.library.reload()  # whatever the worker committed and saved, even when it failed
+                try:
+                    self.library.reload()  # whatever the worker committed and saved, even when it failed
+                except Exception:  # noqa: BLE001 - never mask the run's own error; the next search's check repairs
+                    log.exception("reopening the indices after indexing failed")
                 with self._lock:
                     if self.head is None:
                         self._searcher = None  # reopened (and checked) on the next search
