@@ -109,7 +109,7 @@ def test_main_thread_keeps_running_while_indexing(qtbot, tmp_path, loader, small
         first_batch: list[float] = []
         win.indexing.progressed.connect(
             lambda p: first_batch.append(time.perf_counter() - t0) if p.phase == "indexing" and not first_batch else None)
-        with qtbot.waitSignal(win.indexing.finished, timeout=400_000) as blocker:
+        with qtbot.waitSignal(win.indexing.finished, timeout=600_000) as blocker:  # the worker loads its models too
             win.index_folder(str(small_images))
         timer.stop()
         elapsed = time.perf_counter() - t0
