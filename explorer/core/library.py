@@ -291,6 +291,15 @@ class Library:
             return ids("caption", tx)
         return ids("image", im) & ids("caption", tx)
 
+    def reload(self) -> None:
+        """Another process wrote this library (the window's indexing worker): drop the indices and the
+        whitening held in memory and open what that process saved, synced with the database (a
+        reader's sync: nothing is written). Other threads asking for an index meanwhile wait."""
+        with self._indices_lock:
+            self._indices.clear()
+            self._whitening = None
+            self.sync_indices(save=False)
+
     def sync_indices(self, save: bool = True) -> dict[str, SyncReport]:
         """Sync the three indices with the database; ``save`` writes changed ones, but only when
         this process is the writer (a reader's repairs stay in memory)."""

@@ -4,8 +4,11 @@ It owns the worker (``worker``: the running one, or None), the progress bar and 
 button (the window puts both in its status bar), and says what happens through signals:
 ``busyChanged`` when a run starts or ends, ``progressed`` with each ``Progress`` (for views
 that refresh while images arrive) and ``finished`` with the ``IndexSummary`` (None when the run
-failed) after everything else. The run goes through ``Session.index_folder``, which refreshes
-the searcher afterwards, so newly indexed images rank in every mode (the learned one too).
+failed) after everything else. The run goes through ``Session.index_folder``, which runs the
+pipeline in a worker process (``explorer.core.indexing_worker``: the GUI thread never competes
+with model work) and refreshes the library and the searcher afterwards, so newly indexed images
+rank in every mode (the learned one too). ``worker`` is the pool thread that waits for that
+process; its ``cancel`` event reaches the process, which stops after its current batch.
 """
 
 from __future__ import annotations

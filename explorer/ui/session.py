@@ -11,14 +11,18 @@ Read queries go through ``explorer.core.catalog.Catalog`` (no SQL here).
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 from ..core.catalog import Catalog, ImageInfo
 from ..core.config import Settings
 from ..core.library import Library
 from ..core.models.registry import ModelLoader
+
+log = logging.getLogger(__name__)
 
 
 class Session:
@@ -94,11 +98,30 @@ class Session:
         with self._lock:
             self._searcher = None
 
-    def index_folder(self, folder: str, progress=None, cancel=None):
-        """Index one folder into the library, then refresh the searcher; returns the IndexSummary."""
+    def index_folder(self, folder: str, progress=None, cancel=None, mode: str | None = None):
+        """Index one folder into the library, then refresh the searcher; returns the IndexSummary.
+
+        ``mode`` (default ``indexing_worker.index_mode()``): ``process`` runs the pipeline in a
+        worker process (no model work competes with the GUI thread for the GIL; this library then
+        reopens the indices that process saved), ``thread`` runs it here, in the calling thread.
+        """
+        from ..core.indexing_worker import index_in_process, index_mode
         from ..core.pipeline import Indexer
 
-        summary = Indexer(self.library).run([folder], progress=progress, cancel=cancel)
+        if (mode or index_mode()) == "thread":
+            summary = Indexer(self.library).run([folder], progress=progress, cancel=cancel)
+        else:
+            settings = replace(self.library.settings, library=str(self.library.dir))
+            try:
+                summary = index_in_process(settings, [folder], progress=progress, cancel=cancel)
+            finally:
+                try:
+                    self.library.reload()  # whatever the worker committed and saved, even when it failed
+                except Exception:  # noqa: BLE001 - never mask the run's own error; the next search's check repairs
+                    log.exception("reopening the indices after indexing failed")
+                with self._lock:
+                    if self.head is None:
+                        self._searcher = None  # reopened (and checked) on the next search
         if summary.indexed or summary.removed:
             self.refresh_searcher()
         return summary
