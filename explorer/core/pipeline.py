@@ -49,7 +49,7 @@ import numpy as np
 from sqlalchemy import delete, select
 
 from .captions import CaptionsFile, metadata_caption, name_captions, read_sidecar
-from .captions.sources import EXTRA_SOURCES, REREAD_USER_SOURCES, compose
+from .captions.sources import COMPOSE_RULE, EXTRA_SOURCES, REREAD_USER_SOURCES, compose
 from .edits import MAX_CAPTION_CHARS
 from .errors import BadImage, ExplorerError
 from .imageio import LoadedImage, is_image_path, load_image
@@ -165,6 +165,8 @@ def save_run(lib, summary: "IndexSummary") -> None:
     if summary.indexed or summary.removed or refit or lib.agreement_stale():
         lib.refresh_agreement()
         lib.sync_indices(save=True)
+    if not summary.cancelled and lib.store.get_meta("caption_rule") != COMPOSE_RULE:
+        lib.store.set_meta("caption_rule", COMPOSE_RULE)  # this run's folders were re-embedded under the rule
 
 
 def resolve_roots(folders) -> list[bytes]:
@@ -380,6 +382,12 @@ class Indexer:
         detector, captioner, image_enc, text_enc = self._models()
         seen = {p for p, _ in result.files}
         work: list[Work] = []
+        # the rule that makes the active caption changed since this library was indexed
+        # (captions.sources.COMPOSE_RULE): re-embed the captions, not the images
+        rule_changed = self.lib.store.get_meta("caption_rule") != COMPOSE_RULE
+        if rule_changed and self.lib.store.count_images(None) == 0:  # a new library: nothing to redo
+            self.lib.store.set_meta("caption_rule", COMPOSE_RULE)
+            rule_changed = False
         with self.lib.store.Session.begin() as s:
             rows: dict[bytes, ImageRow] = {}
             for root in roots:
@@ -437,7 +445,7 @@ class Indexer:
                 has_override = user is not None or "user-edited" in mine or "ground-truth" in mine
                 w.caption = not has_override and (gen is None or gen.model_id != captioner.model_id or w.detect)
                 w.image = row.id not in have_img
-                w.text = row.id not in have_txt or user_changed or w.caption or extras_changed or ocr_dropped
+                w.text = row.id not in have_txt or user_changed or w.caption or extras_changed or ocr_dropped or rule_changed
                 if w.detect or w.caption or w.image or w.text or w.ocr or w.rows or w.verify_hash is not None:
                     work.append(w)
                 else:
