@@ -71,6 +71,14 @@ def test_compose_user_wins_then_names_then_machine_parts_join():
     assert compose({}) is None and compose({"ocr": Caption("", "ocr", "x", 0.0)}) is None
 
 
+def test_sources_text_names_every_part():
+    from explorer.core.captions.sources import sources_text
+
+    assert sources_text("generated", (("generated", "a photo"), ("ocr", "SALE"))) == "generated + ocr"
+    assert sources_text("filename", ("filename", "folder")) == "filename + folder"
+    assert sources_text("metadata") == "metadata" and sources_text(None) == ""
+
+
 def test_parse_sources():
     assert parse_sources("metadata, ocr") == ("metadata", "ocr")
     assert parse_sources("none") == () and parse_sources("") == ()
@@ -438,6 +446,98 @@ def test_search_of_a_library_image_equals_evaluation(metadata_library, metadata_
     res = searcher.search(QuerySpec(image=str(root / "xmp.jpg")), modes=("image", "fused"), k=5, alpha=alpha)
     assert res.query.caption.source == "metadata" and res.query.caption_weight == 1.0
     assert [h.score for h in res.modes["image"].hits] != [h.score for h in res.modes["fused"].hits]
+
+
+@pytest.mark.slow
+def test_composed_and_object_queries_of_a_library_image_use_its_stored_caption(metadata_library, metadata_gallery):
+    """As plain image queries do: the stored active caption (not a freshly generated one) is what
+    the modifier edits, and what an object query's caption side uses, with its stored weight."""
+    from explorer.core.search import QuerySpec, Searcher
+
+    lib = metadata_library
+    root, want = metadata_gallery
+    rows = _rows(lib)
+    iid = rows["xmp.jpg"][0]
+    gal = lib.gallery_vectors([iid])
+    searcher = Searcher(lib)
+    res = searcher.search(QuerySpec(image=str(root / "xmp.jpg"), modifier="in the evening"), modes=("fused",), k=len(rows))
+    pq = res.query
+    assert pq.caption.source == "metadata" and pq.library_id == iid
+    assert pq.target_text == "in the evening; " + want["xmp.jpg"]
+    assert iid not in {h.image_id for h in res.modes["fused"].hits}
+    res = searcher.search(QuerySpec(image=str(root / "xmp.jpg"), box=(10, 10, 120, 90)), modes=("image", "fused"), k=len(rows))
+    pq = res.query
+    assert pq.spec.kind == "object" and pq.caption.source == "metadata" and pq.library_id == iid
+    assert pq.caption_weight == 1.0 and np.allclose(pq.caption_vec, gal.caption[0])
+    assert not np.allclose(pq.image_vec, gal.image[0])  # the image side is the crop's
+    assert all(iid not in {h.image_id for h in r.hits} for r in res.modes.values())
+    # a name-led caption keeps its stored weight too
+    iid = rows["red_summer_dress.jpg"][0]
+    res = searcher.search(QuerySpec(image=str(root / "red_summer_dress.jpg"), box=(10, 10, 120, 90)), modes=("fused",), k=3)
+    assert (res.query.caption.text, res.query.library_id) == ("red summer dress", iid)
+    assert res.query.caption_weight == pytest.approx(NAME_TRUST)
+
+
+@pytest.mark.slow
+def test_window_query_of_a_library_image_uses_its_stored_caption(qtbot, tmp_path, metadata_gallery, loader):
+    """In the window, a library image dropped as the query uses its stored caption and weight and
+    is left out of its own results; the query bar and the result cards name every source of a
+    composed caption (file name + folder words here)."""
+    pytest.importorskip("PySide6")
+    from PySide6.QtCore import QSettings
+
+    from explorer.core.evaluate import _fused_matrices
+    from explorer.core.library import Library
+    from explorer.core.pipeline import Indexer
+    from explorer.ui.main_window import MainWindow
+
+    from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+    from PySide6.QtGui import QDragEnterEvent, QDropEvent
+
+    QUERY_TIMEOUT = 60_000
+
+    def run_drop(qtbot, win, path):  # what the file manager does (as in test_ui)
+        zone = win.search_page.drop_zone
+        mime = QMimeData()
+        mime.setUrls([QUrl.fromLocalFile(str(path))])
+        pos = QPointF(zone.width() / 2, zone.height() / 2)
+        with qtbot.waitSignal(win.search_page.queryFinished, timeout=QUERY_TIMEOUT):
+            zone.dragEnterEvent(QDragEnterEvent(pos.toPoint(), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                                                Qt.KeyboardModifier.NoModifier))
+            zone.dropEvent(QDropEvent(pos, Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier))
+
+    gal = tmp_path / "summer holiday"
+    shutil.copytree(metadata_gallery[0], gal)
+    d = tmp_path / "lib"
+    lib = Library(d, Settings(library=str(d), caption_sources=("metadata", "filename", "folder")), loader=loader)
+    assert Indexer(lib).run([gal]).ok
+    rows = _rows(lib)
+    vecs = lib.gallery_vectors()
+    pos = {int(i): j for j, i in enumerate(vecs.ids.tolist())}
+    Q, G = _fused_matrices(vecs, vecs, lib.alpha, vecs.weights)
+    win = MainWindow(lib.settings, library=lib, qsettings=QSettings(str(tmp_path / "ui.ini"), QSettings.Format.IniFormat), gallery=str(gal))
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitUntil(lambda: win.ctx.warm, timeout=QUERY_TIMEOUT)
+    page = win.search_page
+    for name, source, weight in (("xmp.jpg", "metadata", 1.0), ("red_summer_dress.jpg", "filename + folder", NAME_TRUST)):
+        iid = rows[name][0]
+        run_drop(qtbot, win, gal / name)
+        pq = page.prepared
+        assert pq.library_id == iid and pq.caption_weight == pytest.approx(weight)
+        assert page.caption_edit.text() == pq.caption.text
+        assert page.caption_source.text() == f"{source} · weight {weight:.2f}"
+        fused = page.results.columns["fused"]
+        assert name not in [os.path.basename(p) for p in fused.names()]
+        assert name not in [os.path.basename(p) for p in page.results.columns["image"].names()]
+        want = Q[pos[iid]] @ G.T  # the evaluation's fused scores for this query
+        for h in fused.model.hits:
+            assert h.score == pytest.approx(float(want[pos[h.image_id]]), abs=1e-5)
+    assert pq.caption.text == "red summer dress; summer holiday"
+    named = [h for h in fused.model.hits if h.caption_source == "filename"]
+    assert named and all(h.caption_sources == ("filename", "folder") for h in named)
+    win.close()
+    lib.close()
 
 
 @pytest.mark.slow

@@ -95,11 +95,14 @@ class Hit:
     width: int | None = None
     height: int | None = None
     other_ranks: dict[str, int | None] = field(default_factory=dict)
+    #: the source of every part of a composed caption (``caption_source`` is the first one's)
+    caption_sources: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return {
             "rank": self.rank, "image_id": self.image_id, "path": self.path, "score": round(float(self.score), 6),
-            "caption": self.caption, "caption_source": self.caption_source, "detections": self.detections,
+            "caption": self.caption, "caption_source": self.caption_source, "caption_sources": list(self.caption_sources),
+            "detections": self.detections,
             "width": self.width, "height": self.height, "other_ranks": self.other_ranks,
         }
 
@@ -233,8 +236,13 @@ class Searcher:
         dets = ld.get("detector").detect([image])[0]
         t["detect"] = time.perf_counter() - t0
         t0 = time.perf_counter()
+        # a library image (same path or content) starts from its stored active caption: plain,
+        # composed and object queries alike (no captioner run)
+        match = library_match(self.lib, str(path)) if not (spec.caption and spec.caption.strip()) else None
         if spec.caption and spec.caption.strip():
             cap = Caption(spec.caption.strip(), "user-edited", "user", 1.0)
+        elif match is not None and match.caption is not None:
+            cap = match.caption
         else:
             cap = ld.get("captioner").caption([image], [dets])[0]
         t["caption"] = time.perf_counter() - t0
@@ -257,7 +265,11 @@ class Searcher:
             work_image=image, work_detections=dets,
         )
         if spec.kind == "image" and not (spec.caption and spec.caption.strip()):
-            use_library_captions(self.lib, pq)
+            use_library_captions(self.lib, pq, match, looked_up=True)
+        elif match is not None and cap is match.caption:  # composed and object queries of a library image
+            pq.library_id = match.image_id
+            if target is None:  # object query: the stored caption's vector and weight, as in evaluation
+                pq.caption_vec, pq.caption_weight = match.caption_vec.copy(), match.weight
         return pq
 
     # -- candidates and ranking ------------------------------------------------------------------
@@ -369,7 +381,8 @@ class Searcher:
         for r, j in enumerate(order, 1):
             i = int(pool.ids[j])
             m = pool.meta[i]
-            hits.append(Hit(r, i, m["path"], float(scores[j]), m["caption"], m["source"], m["detections"], m["w"], m["h"]))
+            hits.append(Hit(r, i, m["path"], float(scores[j]), m["caption"], m["source"], m["detections"], m["w"], m["h"],
+                            caption_sources=tuple(src for src, _ in m.get("parts", ()))))
         return ModeResult(mode, hits, rerank, note)
 
     def mode_vectors(self, pq: PreparedQuery, pool: "CandidatePool", mode: str, alpha: float):
@@ -427,33 +440,55 @@ def open_searcher(library: Library, head=None) -> Searcher:
     return Searcher(library, head=head).open()
 
 
-def use_library_captions(lib: Library, pq: PreparedQuery) -> None:
+@dataclass
+class LibraryMatch:
+    """A query image that is a library image: its id, stored vectors, active caption and weight."""
+
+    image_id: int
+    image_vec: np.ndarray
+    caption_vec: np.ndarray
+    caption: Caption | None
+    weight: float
+
+
+def library_match(lib: Library, image: str) -> LibraryMatch | None:
+    """The library image a query image is (same real path, else same content hash, e.g. a copy
+    dropped from elsewhere), with what evaluation uses of it (``Library.gallery_vectors``)."""
+    import os
+
+    from .pipeline import content_hash
+
+    catalog = Catalog(lib.store)
+    iid = catalog.ok_image_by_path_or_hash(os.path.realpath(image), digest_of=content_hash)
+    gal = lib.gallery_vectors([iid]) if iid is not None else None
+    if gal is None or len(gal.ids) != 1:
+        return None
+    return LibraryMatch(int(iid), gal.image[0], gal.caption[0], catalog.active_caption(iid), float(gal.weights[0]))
+
+
+def use_library_captions(lib: Library, pq: PreparedQuery, match: LibraryMatch | None = None, looked_up: bool = False) -> None:
     """Make an image query use what the library holds, as evaluation does.
 
     A query that *is* a library image (same real path, else same content hash, e.g. a copy
     dropped from elsewhere) takes that image's stored image and caption vectors, its active
     caption and its caption weight (``Library.gallery_vectors``), and is left out of its own
     results (``library_id``). Any other image gets the caption sources that need no model
-    (embedded metadata, file and folder names, as enabled in the settings) joined to its
-    generated caption, as indexing would store them; its weight is computed against the
-    library later. Called by ``Searcher.prepare`` for plain image queries.
+    (embedded metadata, file and folder names, as enabled in the settings) combined with its
+    generated caption as indexing would (``captions.sources.compose``); its weight is computed
+    against the library later (a fixed trust for person-written text and names). Called by ``Searcher.prepare`` for plain image
+    queries, with the ``library_match`` it already looked up (``looked_up``: None means none).
     """
     import os
 
     from .captions import metadata_caption, name_captions
-    from .captions.sources import compose
-    from .pipeline import content_hash
 
     real = os.path.realpath(pq.spec.image)
-    catalog = Catalog(lib.store)
-    iid = catalog.ok_image_by_path_or_hash(real, digest_of=content_hash)
-    gal = lib.gallery_vectors([iid]) if iid is not None else None
-    if gal is not None and len(gal.ids) == 1:
-        active = catalog.active_caption(iid)
-        pq.image_vec, pq.caption_vec = gal.image[0].copy(), gal.caption[0].copy()
-        pq.caption = active
-        pq.caption_weight = float(gal.weights[0])
-        pq.library_id = int(iid)
+    match = match if looked_up else library_match(lib, real)
+    if match is not None:
+        pq.image_vec, pq.caption_vec = match.image_vec.copy(), match.caption_vec.copy()
+        pq.caption = match.caption
+        pq.caption_weight = match.weight
+        pq.library_id = match.image_id
         return
     sources = set(lib.settings.caption_sources)
     found = {"generated": pq.caption} if pq.caption is not None else {}

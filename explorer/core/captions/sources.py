@@ -127,6 +127,13 @@ def parse_sources(value: str | Iterable[str] | None) -> tuple[str, ...]:
     return tuple(s for s in SWITCHABLE if s in items)
 
 
+def sources_text(source: str | None, parts=()) -> str:
+    """Every source of a caption, as the results panel and query bar show it: ``"generated + ocr"``
+    for a composed caption's parts (``(source, text)`` pairs or source names), else ``source``."""
+    names = [p[0] if isinstance(p, (tuple, list)) else p for p in parts or ()]
+    return " + ".join(names) if names else (source or "")
+
+
 @dataclass(frozen=True)
 class ComposedCaption(Caption):
     """The active caption with the parts it was made of: ``((source, text), ...)``."""
