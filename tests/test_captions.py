@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from explorer.core import fusion
 from explorer.core.captions import name_words, parse_sources, read_metadata
-from explorer.core.captions.sources import CAPTION_PRIORITY, USER_SOURCES, compose
+from explorer.core.captions.sources import CAPTION_PRIORITY, NAME_TRUST, USER_SOURCES, compose
 from explorer.core.config import Settings
 from explorer.core.errors import ExplorerError
 from explorer.core.models.base import Caption
@@ -39,15 +39,29 @@ def test_one_list_of_sources_is_what_store_and_fusion_use():
     assert fusion.USER_SOURCES is USER_SOURCES
     assert "metadata" in USER_SOURCES and "filename" not in USER_SOURCES and "ocr" not in USER_SOURCES
     assert fusion.caption_weight("metadata", 0.1, 0.0) == 1.0
-    assert fusion.caption_weight("filename", 1.0, 0.3) == pytest.approx(0.3)
+    # names a person typed: a fixed trust below 1, whatever the agreement; machine text: agreement
+    assert 0.5 < NAME_TRUST < 1.0 and NAME_TRUST ** 2 == pytest.approx(0.5)
+    assert fusion.caption_weight("filename", 1.0, 0.0) == fusion.caption_weight("folder", 0.2, 0.9) == pytest.approx(NAME_TRUST)
+    assert fusion.caption_weight("generated", 1.0, 0.3) == pytest.approx(0.3)
+    assert fusion.caption_weight("generated", 0.0, 0.3) == pytest.approx(0.15)
+    assert fusion.caption_weight("ocr", 1.0, 0.0) == 0.0
 
 
-def test_compose_user_wins_machine_parts_join():
+def test_compose_user_wins_then_names_then_machine_parts_join():
     gen = Caption("a photo of a dress", "generated", "structured-v1", 0.4)
     name = Caption("red summer dress", "filename", "filename-v1", 1.0)
-    c = compose({"generated": gen, "filename": name})
-    assert c.text == "a photo of a dress; red summer dress" and c.source == "generated"
-    assert c.parts == (("generated", "a photo of a dress"), ("filename", "red summer dress")) and c.confidence == 1.0
+    folder = Caption("holiday", "folder", "filename-v1", 1.0)
+    ocr = Caption("SUMMER SALE", "ocr", "rapidocr", 0.9)
+    # names a person typed lead on their own: generated text would dilute them in one sentence
+    c = compose({"generated": gen, "filename": name, "ocr": ocr})
+    assert (c.text, c.source, c.parts) == ("red summer dress", "filename", (("filename", "red summer dress"),))
+    c = compose([folder, gen, name])
+    assert c.text == "red summer dress; holiday" and c.source == "filename" and c.confidence == 1.0
+    assert c.parts == (("filename", "red summer dress"), ("folder", "holiday"))
+    # without names, the machine text joins, labelled by its first part
+    c = compose({"ocr": ocr, "generated": gen})
+    assert c.text == "a photo of a dress; SUMMER SALE" and c.source == "generated"
+    assert c.parts == (("generated", "a photo of a dress"), ("ocr", "SUMMER SALE")) and c.confidence == 0.9
     meta = Caption("Red dress on a beach", "metadata", "metadata-v1", 1.0)
     c = compose({"generated": gen, "filename": name, "metadata": meta})
     assert (c.text, c.source) == ("Red dress on a beach", "metadata")
@@ -55,6 +69,14 @@ def test_compose_user_wins_machine_parts_join():
     assert compose([meta, side, gen]).source == "sidecar"
     assert compose({"filename": name}).source == "filename"
     assert compose({}) is None and compose({"ocr": Caption("", "ocr", "x", 0.0)}) is None
+
+
+def test_sources_text_names_every_part():
+    from explorer.core.captions.sources import sources_text
+
+    assert sources_text("generated", (("generated", "a photo"), ("ocr", "SALE"))) == "generated + ocr"
+    assert sources_text("filename", ("filename", "folder")) == "filename + folder"
+    assert sources_text("metadata") == "metadata" and sources_text(None) == ""
 
 
 def test_parse_sources():
@@ -318,13 +340,16 @@ def test_index_stores_each_source_with_provenance(metadata_library, metadata_gal
             assert fusion.caption_weight(active.source, active.confidence, 0.0) == 1.0
             assert "generated" not in caps  # no captioner needed
         else:
-            assert active.source == "generated" and "generated" in caps
+            assert "generated" in caps  # stored, shown in the detail view; the name words lead when there are any
+            assert active.source == ("filename" if "filename" in caps else "generated")
     assert rows["red_summer_dress.jpg"][1]["filename"] == "red summer dress"
     active = active_caption(lib, rows["red_summer_dress.jpg"][0])
-    assert active.text.endswith("; red summer dress") and active.parts[-1] == ("filename", "red summer dress")
+    assert active.text == "red summer dress" and active.parts == (("filename", "red summer dress"),)
+    assert fusion.caption_weight(active.source, active.confidence, 0.0) == pytest.approx(NAME_TRUST)
+    assert active_caption(lib, rows["IMG_1234.JPG"][0]).source == "generated"
     assert "filename" not in rows["IMG_1234.JPG"][1]
     assert rows["olympus.jpg"][1]["filename"] == "olympus"  # the name is a word; the EXIF boilerplate is not
-    # the caption vector is the embedding of the active (joined) caption
+    # the caption vector is the embedding of the active caption
     tx = lib.text_model
     from explorer.core.store import VectorRow
 
@@ -365,6 +390,28 @@ def test_changing_sources_reembeds_captions_only(tmp_path, metadata_gallery, loa
     lib.close()
 
 
+@pytest.mark.slow
+def test_a_new_caption_rule_reembeds_captions_only(metadata_library, metadata_gallery):
+    """A library indexed under an older rule for the active caption (``COMPOSE_RULE``) gets its
+    captions re-embedded, not its images, on the next indexing run, and then nothing more."""
+    from explorer.core.captions.sources import COMPOSE_RULE
+    from explorer.core.pipeline import Indexer
+
+    lib = metadata_library
+    assert lib.store.get_meta("caption_rule") == COMPOSE_RULE
+    img = _vec_seqs(lib, "image", lib.image_model.model_id)
+    cap = _vec_seqs(lib, "caption", lib.text_model.model_id)
+    lib.store.set_meta("caption_rule", "joined-v1")  # as written before the rule changed
+    s = Indexer(lib).run([metadata_gallery[0]])
+    assert s.ok and s.indexed == len(cap)
+    assert _vec_seqs(lib, "image", lib.image_model.model_id) == img
+    after = _vec_seqs(lib, "caption", lib.text_model.model_id)
+    assert after.keys() == cap.keys() and all(after[i] != cap[i] for i in cap)
+    assert lib.store.get_meta("caption_rule") == COMPOSE_RULE
+    s = Indexer(lib).run([metadata_gallery[0]])
+    assert s.indexed == 0 and s.unchanged == len(cap)
+
+
 # ---------------------------------------------------------------------------------------
 # search uses what the library holds, exactly as evaluation does
 
@@ -402,17 +449,109 @@ def test_search_of_a_library_image_equals_evaluation(metadata_library, metadata_
 
 
 @pytest.mark.slow
+def test_composed_and_object_queries_of_a_library_image_use_its_stored_caption(metadata_library, metadata_gallery):
+    """As plain image queries do: the stored active caption (not a freshly generated one) is what
+    the modifier edits, and what an object query's caption side uses, with its stored weight."""
+    from explorer.core.search import QuerySpec, Searcher
+
+    lib = metadata_library
+    root, want = metadata_gallery
+    rows = _rows(lib)
+    iid = rows["xmp.jpg"][0]
+    gal = lib.gallery_vectors([iid])
+    searcher = Searcher(lib)
+    res = searcher.search(QuerySpec(image=str(root / "xmp.jpg"), modifier="in the evening"), modes=("fused",), k=len(rows))
+    pq = res.query
+    assert pq.caption.source == "metadata" and pq.library_id == iid
+    assert pq.target_text == "in the evening; " + want["xmp.jpg"]
+    assert iid not in {h.image_id for h in res.modes["fused"].hits}
+    res = searcher.search(QuerySpec(image=str(root / "xmp.jpg"), box=(10, 10, 120, 90)), modes=("image", "fused"), k=len(rows))
+    pq = res.query
+    assert pq.spec.kind == "object" and pq.caption.source == "metadata" and pq.library_id == iid
+    assert pq.caption_weight == 1.0 and np.allclose(pq.caption_vec, gal.caption[0])
+    assert not np.allclose(pq.image_vec, gal.image[0])  # the image side is the crop's
+    assert all(iid not in {h.image_id for h in r.hits} for r in res.modes.values())
+    # a name-led caption keeps its stored weight too
+    iid = rows["red_summer_dress.jpg"][0]
+    res = searcher.search(QuerySpec(image=str(root / "red_summer_dress.jpg"), box=(10, 10, 120, 90)), modes=("fused",), k=3)
+    assert (res.query.caption.text, res.query.library_id) == ("red summer dress", iid)
+    assert res.query.caption_weight == pytest.approx(NAME_TRUST)
+
+
+@pytest.mark.slow
+def test_window_query_of_a_library_image_uses_its_stored_caption(qtbot, tmp_path, metadata_gallery, loader):
+    """In the window, a library image dropped as the query uses its stored caption and weight and
+    is left out of its own results; the query bar and the result cards name every source of a
+    composed caption (file name + folder words here)."""
+    pytest.importorskip("PySide6")
+    from PySide6.QtCore import QSettings
+
+    from explorer.core.evaluate import _fused_matrices
+    from explorer.core.library import Library
+    from explorer.core.pipeline import Indexer
+    from explorer.ui.main_window import MainWindow
+
+    from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+    from PySide6.QtGui import QDragEnterEvent, QDropEvent
+
+    QUERY_TIMEOUT = 60_000
+
+    def run_drop(qtbot, win, path):  # what the file manager does (as in test_ui)
+        zone = win.search_page.drop_zone
+        mime = QMimeData()
+        mime.setUrls([QUrl.fromLocalFile(str(path))])
+        pos = QPointF(zone.width() / 2, zone.height() / 2)
+        with qtbot.waitSignal(win.search_page.queryFinished, timeout=QUERY_TIMEOUT):
+            zone.dragEnterEvent(QDragEnterEvent(pos.toPoint(), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                                                Qt.KeyboardModifier.NoModifier))
+            zone.dropEvent(QDropEvent(pos, Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier))
+
+    gal = tmp_path / "summer holiday"
+    shutil.copytree(metadata_gallery[0], gal)
+    d = tmp_path / "lib"
+    lib = Library(d, Settings(library=str(d), caption_sources=("metadata", "filename", "folder")), loader=loader)
+    assert Indexer(lib).run([gal]).ok
+    rows = _rows(lib)
+    vecs = lib.gallery_vectors()
+    pos = {int(i): j for j, i in enumerate(vecs.ids.tolist())}
+    Q, G = _fused_matrices(vecs, vecs, lib.fused_index_alpha, vecs.weights)
+    win = MainWindow(lib.settings, library=lib, qsettings=QSettings(str(tmp_path / "ui.ini"), QSettings.Format.IniFormat), gallery=str(gal))
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitUntil(lambda: win.ctx.warm, timeout=QUERY_TIMEOUT)
+    page = win.search_page
+    for name, source, weight in (("xmp.jpg", "metadata", 1.0), ("red_summer_dress.jpg", "filename + folder", NAME_TRUST)):
+        iid = rows[name][0]
+        run_drop(qtbot, win, gal / name)
+        pq = page.prepared
+        assert pq.library_id == iid and pq.caption_weight == pytest.approx(weight)
+        assert page.caption_edit.text() == pq.caption.text
+        assert page.caption_source.text() == f"{source} · weight {weight:.2f}"
+        fused = page.results.columns["fused"]
+        assert name not in [os.path.basename(p) for p in fused.names()]
+        assert name not in [os.path.basename(p) for p in page.results.columns["image"].names()]
+        want = Q[pos[iid]] @ G.T  # the evaluation's fused scores for this query
+        for h in fused.model.hits:
+            assert h.score == pytest.approx(float(want[pos[h.image_id]]), abs=1e-5)
+    assert pq.caption.text == "red summer dress; summer holiday"
+    named = [h for h in fused.model.hits if h.caption_source == "filename"]
+    assert named and all(h.caption_sources == ("filename", "folder") for h in named)
+    win.close()
+    lib.close()
+
+
+@pytest.mark.slow
 def test_cli_caption_prints_each_source(metadata_library, metadata_gallery, capsys):
     from explorer.cli import main
 
     root, _ = metadata_gallery
     rc = main(["caption", str(root / "red_summer_dress.jpg"), "--library", str(metadata_library.dir)])
     out = capsys.readouterr().out
-    assert rc == 0 and out.strip().endswith("; red summer dress  [generated + filename]") and len(out.strip().splitlines()) == 1
+    assert rc == 0 and out.strip() == "red summer dress  [filename]"
     rc = main(["caption", str(root / "red_summer_dress.jpg"), "--library", str(metadata_library.dir), "--sources"])
     out = capsys.readouterr().out
     assert rc == 0 and "stored in the library" in out
-    assert "filename      red summer dress" in out and "active: generated (generated + filename)" in out
+    assert "filename      red summer dress" in out and f"active: filename (filename), weight {round(NAME_TRUST, 4)}" in out
     rc = main(["caption", str(root / "xmp.jpg"), "--library", str(metadata_library.dir / "none"), "--no-models", "--json"])
     rep = json.loads(capsys.readouterr().out)
     assert rc == 0 and not rep["in_library"]

@@ -20,7 +20,9 @@ PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "
 
 @pytest.fixture(scope="module")
 def photo_library(tmp_path_factory, skimage_dir, loader):
-    """The package's sample photos, copied as they are, indexed."""
+    """The package's sample photos, copied as they are, indexed with the captioner's text: their
+    file names are labels and proper nouns (chelsea, ihc), which would lead the captions as names
+    a person typed (captions.sources), and these tests are about what the captioner's text does."""
     from explorer.core.library import Library
     from explorer.core.pipeline import Indexer
 
@@ -28,7 +30,9 @@ def photo_library(tmp_path_factory, skimage_dir, loader):
     gal.mkdir()
     for name in PHOTOS:
         shutil.copy(skimage_dir / name, gal / name)
-    lib = Library(tmp_path_factory.mktemp("lib") / "lib", loader.settings, loader=loader)
+    from dataclasses import replace
+
+    lib = Library(tmp_path_factory.mktemp("lib") / "lib", replace(loader.settings, caption_sources=("metadata",)), loader=loader)
     assert Indexer(lib).run([gal]).ok
     return lib, gal
 

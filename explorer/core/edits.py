@@ -21,7 +21,7 @@ MAX_CAPTION_CHARS = 2000
 
 def active_caption(library, image_id: int):
     """The caption retrieval uses for ``image_id`` (``captions.sources.compose``: the most trusted
-    person-written one, else the machine parts joined), or None."""
+    person-written one, else the names a person typed, else the machine parts joined), or None."""
     return library.catalog.active_caption(image_id)
 
 

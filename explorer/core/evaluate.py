@@ -327,7 +327,7 @@ def run_evaluation(
         "ground_truth": gt.spec or gt.name, "dataset": gt.name, "n_queries": len(q_paths), "n_gallery": len(g_paths),
         "modes": list(modes), "alpha": alpha, "rerank": rerank, "models": models,
         "whitening": library.whitening.tag if library.whitening is not None else "none",
-        "fusion": {"caption_weights": "agreement-v1", "agreement_k": fusion.AGREEMENT_K}, "elapsed_s": round(time.perf_counter() - t0, 3),
+        "fusion": {"caption_weights": fusion.WEIGHT_RULE, "agreement_k": fusion.AGREEMENT_K}, "elapsed_s": round(time.perf_counter() - t0, 3),
         "warnings": warnings, "excluded_ids": sorted(int(i) for i in exclude_ids) if exclude_ids else [],
     }
     meta["config_hash"] = config_hash({k: meta[k] for k in ("ground_truth", "alpha", "rerank", "models", "whitening", "fusion", "modes",

@@ -5,7 +5,9 @@ Score of gallery image *i* for a query *q* in the caption-fused mode::
     s(q, i) = (1 - b) * cos_image(q, i) + b * cos_caption(q, i),   b = alpha * w_q * w_i
 
 ``w`` is a caption's *weight* in [0, 1]. Captions a person wrote (sidecar, captions file,
-edited in the app, ground truth, photo metadata) get 1. A generated caption gets::
+edited in the app, ground truth, photo metadata) get 1; a caption made of names a person typed
+(file and folder name words) gets the fixed ``NAME_TRUST`` = 0.71 (both from
+``captions.sources.source_trust``). Machine text (the captioner's, OCR) gets::
 
     w = agreement * (1/2 + confidence/2)
 
@@ -41,16 +43,19 @@ from .models.base import l2_normalise
 #: with agreement weights mAP is flat-to-rising in alpha; 0.5 keeps half the weight on the image
 #: even for fully trusted (user) captions.
 DEFAULT_ALPHA = 0.5
-from .captions.sources import USER_SOURCES  # noqa: E402  (the one list of caption sources)
+from .captions.sources import NAME_TRUST, USER_SOURCES, source_trust  # noqa: E402,F401  (the one list of caption sources)
 AGREEMENT_K = 10
+#: names the weight rule in evaluation reports (changes when ``caption_weight`` does)
+WEIGHT_RULE = f"agreement-v1, names {NAME_TRUST:.3f}"
 
 
 def caption_weight(source: str | None, confidence: float | None, agreement: float | None) -> float:
     """The fusion weight of one caption (see the module docstring)."""
     if not source:
         return 0.0
-    if source in USER_SOURCES:
-        return 1.0
+    trust = source_trust(source)
+    if trust is not None:  # person-written (1) or names a person typed (NAME_TRUST)
+        return float(trust)
     conf = 1.0 if confidence is None else float(np.clip(confidence, 0.0, 1.0))
     return float(np.clip((agreement or 0.0) * (0.5 + 0.5 * conf), 0.0, 1.0))
 

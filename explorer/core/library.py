@@ -238,7 +238,7 @@ class Library:
                 vi = store(self.dir / "indices", f"caption--{slug(tx.model_id)}", tx.dim, {"text": tx.model_id, "library": lib_id})
             elif mode == FUSED:
                 dim = im.dim if self.shared_space else self.image_dim + tx.dim
-                src = {"image": im.model_id, "text": tx.model_id, "alpha": self.fused_index_alpha, "weights": "agreement-v1",
+                src = {"image": im.model_id, "text": tx.model_id, "alpha": self.fused_index_alpha, "weights": fusion.WEIGHT_RULE,
                        "agreement_version": self.store.get_meta("agreement_version") or "0", "library": lib_id, **wsrc}
                 vi = store(self.dir / "indices", f"fused--{slug(im.model_id)}--{slug(tx.model_id)}", dim, src)
             else:

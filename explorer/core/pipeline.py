@@ -49,7 +49,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .captions import CaptionsFile
-from .captions.sources import EXTRA_SOURCES, REREAD_USER_SOURCES
+from .captions.sources import COMPOSE_RULE, EXTRA_SOURCES, REREAD_USER_SOURCES
 from .errors import BadImage
 from .imageio import LoadedImage, load_image
 from .library import Library
@@ -141,6 +141,8 @@ def save_run(lib, summary: "IndexSummary") -> None:
     if summary.indexed or summary.removed or refit or lib.agreement_stale():
         lib.refresh_agreement()
         lib.sync_indices(save=True)
+    if not summary.cancelled and lib.store.get_meta("caption_rule") != COMPOSE_RULE:
+        lib.store.set_meta("caption_rule", COMPOSE_RULE)  # this run's folders were re-embedded under the rule
 
 
 @dataclass

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .captions import CaptionsFile, metadata_caption, name_captions, read_sidecar
-from .captions.sources import REREAD_USER_SOURCES, compose
+from .captions.sources import COMPOSE_RULE, REREAD_USER_SOURCES, compose
 from .edits import MAX_CAPTION_CHARS
 from .models.base import Caption
 from .scanning import Failure, ScanResult, display
@@ -128,6 +128,12 @@ class Planner:
         seen = {p for p, _ in result.files}
         work: list[Work] = []
         catalog = self.lib.catalog
+        # the rule that makes the active caption changed since this library was indexed
+        # (captions.sources.COMPOSE_RULE): re-embed the captions, not the images
+        rule_changed = self.lib.store.get_meta("caption_rule") != COMPOSE_RULE
+        if rule_changed and catalog.count_images(None) == 0:  # a new library: nothing to redo
+            self.lib.store.set_meta("caption_rule", COMPOSE_RULE)
+            rule_changed = False
         rows = catalog.states_under(roots)
         # files reached through a symlink may resolve outside every root: look them up by path,
         # or they would be inserted a second time (the path is unique)
@@ -175,7 +181,7 @@ class Planner:
             has_override = user is not None or "user-edited" in mine or "ground-truth" in mine
             w.caption = not has_override and (gen is None or gen.model_id != captioner.model_id or w.detect)
             w.image = row.image_id not in have_img
-            w.text = row.image_id not in have_txt or user_changed or w.caption or extras_changed or ocr_dropped
+            w.text = row.image_id not in have_txt or user_changed or w.caption or extras_changed or ocr_dropped or rule_changed
             if w.detect or w.caption or w.image or w.text or w.ocr or w.rows or w.verify_hash is not None:
                 work.append(w)
             else:

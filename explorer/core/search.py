@@ -109,11 +109,14 @@ class Hit:
     width: int | None = None
     height: int | None = None
     other_ranks: dict[str, int | None] = field(default_factory=dict)
+    #: the source of every part of a composed caption (``caption_source`` is the first one's)
+    caption_sources: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return {
             "rank": self.rank, "image_id": self.image_id, "path": self.path, "score": round(float(self.score), 6),
-            "caption": self.caption, "caption_source": self.caption_source, "detections": self.detections,
+            "caption": self.caption, "caption_source": self.caption_source, "caption_sources": list(self.caption_sources),
+            "detections": self.detections,
             "width": self.width, "height": self.height, "other_ranks": self.other_ranks,
         }
 
@@ -263,8 +266,13 @@ class Searcher:
         dets = ld.get("detector").detect([image])[0]
         t["detect"] = time.perf_counter() - t0
         t0 = time.perf_counter()
+        # a library image (same path or content) starts from its stored active caption: plain,
+        # composed and object queries alike (no captioner run)
+        match = library_match(self.gallery(), str(path)) if not (spec.caption and spec.caption.strip()) else None
         if spec.caption and spec.caption.strip():
             cap = Caption(spec.caption.strip(), USER_EDITED, "user", 1.0)
+        elif match is not None and match.caption is not None:
+            cap = match.caption
         else:
             cap = ld.get("captioner").caption([image], [dets])[0]
         t["caption"] = time.perf_counter() - t0
@@ -288,8 +296,13 @@ class Searcher:
         )
         if spec.kind == "image" and not (spec.caption and spec.caption.strip()):
             t0 = time.perf_counter()
-            pq = use_library_captions(self.lib, pq, self.gallery())
+            pq = use_library_captions(self.lib, pq, self.gallery(), match, looked_up=True)
             t["caption_sources"] = time.perf_counter() - t0  # library match, metadata and name captions, re-embedding
+        elif match is not None and cap is match.caption:  # composed and object queries of a library image
+            if target is None:  # object query: the stored caption's vector and weight, as in evaluation
+                pq = replace(pq, library_id=match.image_id, caption_vec=match.caption_vec.copy(), caption_weight=match.weight)
+            else:
+                pq = replace(pq, library_id=match.image_id)
         return pq
 
     # -- candidates and ranking ------------------------------------------------------------------
@@ -436,25 +449,26 @@ def open_searcher(library: Library, head=None) -> Searcher:
     return Searcher(library, head=head).open()
 
 
-def use_library_captions(lib: Library, pq: PreparedQuery, gallery: GalleryArrays) -> PreparedQuery:
-    """Make an image query use what the library holds, as evaluation does; returns a new query.
+@dataclass
+class LibraryMatch:
+    """A query image that is a library image: its id, stored vectors, active caption and weight."""
 
-    A query that *is* a library image (same real path, else same content hash, e.g. a copy
-    dropped from elsewhere) takes that image's stored image and caption vectors, its active
-    caption and its caption weight (the in-memory ``gallery``, which equals
-    ``Library.gallery_vectors``), and is left out of its own results (``library_id``). Any other
-    image gets the caption sources that need no model (embedded metadata, file and folder names,
-    as enabled in the settings) joined to its generated caption, as indexing would store them;
-    its weight is computed against the library later. Called by ``Searcher.prepare`` for plain
-    image queries. ``pq`` is not changed.
-    """
+    image_id: int
+    image_vec: np.ndarray
+    caption_vec: np.ndarray
+    caption: Caption | None
+    weight: float
+
+
+def library_match(gallery: GalleryArrays, image: str) -> LibraryMatch | None:
+    """The library image a query image is (same real path, else same content hash, e.g. a copy
+    dropped from elsewhere), with what evaluation uses of it: the in-memory ``gallery``, which
+    equals ``Library.gallery_vectors`` (no SQL)."""
     import os
 
-    from .captions import metadata_caption, name_captions
-    from .captions.sources import compose
     from .pipeline import content_hash
 
-    real = os.path.realpath(pq.spec.image)
+    real = os.path.realpath(image)
     iid = gallery.image_id(real)
     if iid is None:
         try:
@@ -463,10 +477,34 @@ def use_library_captions(lib: Library, pq: PreparedQuery, gallery: GalleryArrays
             digest = None
         iid = gallery.id_by_hash.get(digest) if digest else None
     row = int(gallery.rows([iid])[0]) if iid is not None else -1
-    if row >= 0:
-        gi, gc = gallery.vectors(np.array([row]))
-        return replace(pq, image_vec=gi[0], caption_vec=gc[0], caption=gallery.meta.captions[row],
-                       caption_weight=float(gallery.weights[row]), library_id=int(iid))
+    if row < 0:
+        return None
+    gi, gc = gallery.vectors(np.array([row]))
+    return LibraryMatch(int(iid), gi[0], gc[0], gallery.meta.captions[row], float(gallery.weights[row]))
+
+
+def use_library_captions(lib: Library, pq: PreparedQuery, gallery: GalleryArrays, match: LibraryMatch | None = None,
+                         looked_up: bool = False) -> PreparedQuery:
+    """Make an image query use what the library holds, as evaluation does; returns a new query.
+
+    A query that *is* a library image (``library_match``) takes that image's stored image and
+    caption vectors, its active caption and its caption weight, and is left out of its own
+    results (``library_id``). Any other image gets the caption sources that need no model
+    (embedded metadata, file and folder names, as enabled in the settings) combined with its
+    generated caption as indexing would (``captions.sources.compose``); its weight is computed
+    against the library later (a fixed trust for person-written text and names). Called by
+    ``Searcher.prepare`` for plain image queries, with the match it already looked up
+    (``looked_up``; None then means none). ``pq`` is not changed.
+    """
+    import os
+
+    from .captions import metadata_caption, name_captions
+
+    real = os.path.realpath(pq.spec.image)
+    match = match if looked_up else library_match(gallery, real)
+    if match is not None:
+        return replace(pq, image_vec=match.image_vec, caption_vec=match.caption_vec, caption=match.caption,
+                       caption_weight=match.weight, library_id=match.image_id)
     sources = set(lib.settings.caption_sources)
     found = {GENERATED: pq.caption} if pq.caption is not None else {}
     if METADATA in sources:
@@ -506,7 +544,8 @@ class CandidatePool:
         w, h = int(m.width[r]), int(m.height[r])
         dets = [{"label": label, "score": round(sc, 4), "box": [round(v, 1) for v in box]} for label, sc, box in m.detections(r)]
         return Hit(rank, int(self.ids[j]), m.paths[r], score, c.text if c is not None else "", c.source if c is not None else "",
-                   dets, None if w < 0 else w, None if h < 0 else h)
+                   dets, None if w < 0 else w, None if h < 0 else h,
+                   caption_sources=tuple(src for src, _ in getattr(c, "parts", ()) or ()))
 
 
 def annotate_rank_changes(results: dict[str, ModeResult], k: int) -> dict[str, dict]:

@@ -8,7 +8,7 @@ from PySide6.QtCore import QPointF, QRect, QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPen, QPixmap, QTextLayout, QTextOption
 from PySide6.QtWidgets import QStyle, QStyledItemDelegate, QStyleOptionViewItem
 
-from ..core.captions.sources import USER_EDITED
+from ..core.captions.sources import USER_EDITED, sources_text
 from . import style
 from .models import CompareRole, FailedRole, HitRole
 
@@ -231,7 +231,8 @@ class ResultDelegate(QStyledItemDelegate):
             sf.setItalic(True)
             p.setFont(sf)
             p.setPen(QColor("#8A94A0") if hit.caption_source != USER_EDITED else QColor(style.ACCENT))
-            p.drawText(QRectF(x, card.bottom() - 6 - src_h, w, src_h), Qt.AlignmentFlag.AlignLeft, hit.caption_source)
+            p.drawText(QRectF(x, card.bottom() - 6 - src_h, w, src_h), Qt.AlignmentFlag.AlignLeft,
+                       fmc.elidedText(sources_text(hit.caption_source, hit.caption_sources), Qt.TextElideMode.ElideRight, int(w)))
         p.restore()
 
     @staticmethod

@@ -24,6 +24,7 @@ from ..core import fusion
 from ..core.errors import BadQuery, ExplorerError
 from ..core.imageio import IMAGE_EXTENSIONS, is_image_path
 from ..core.modes import CAPTION, FUSED, IMAGE, LEARNED
+from ..core.captions.sources import sources_text
 from ..core.search import QuerySpec
 from .context import AppContext
 from .detail import load_display
@@ -314,7 +315,7 @@ class SearchPage(QWidget):
         self.caption_edit.setText(cap.text if cap else "")
         self.caption_edit.setCursorPosition(0)
         if cap is not None:
-            self.caption_source.setText(f"{cap.source} · weight {pq.caption_weight:.2f}")
+            self.caption_source.setText(f"{sources_text(cap.source, getattr(cap, 'parts', ()))} · weight {pq.caption_weight:.2f}")
             self.caption_source.setToolTip("where the query caption came from, and its weight in caption fusion")
         self.query_info.setText(_query_info(spec, pq, object_label))
         t = pq.timings

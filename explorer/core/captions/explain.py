@@ -66,7 +66,7 @@ def explain_image(image: str | os.PathLike, settings, library=None, run_models: 
                 found["ocr"] = o
     used = {k: v for k, v in found.items() if k not in {s.name for s in SOURCES if s.switchable} or k in enabled}
     active = compose(used)
-    weight = 1.0 if active is not None and active.source in fusion.USER_SOURCES else None
+    weight = fusion.source_trust(active.source) if active is not None else None
     return {"path": path, "in_library": False, "image_id": None,
             "sources": [_entry(src, not src.switchable or src.name in enabled, found.get(src.name), details.get(src.name, ()))
                         for src in SOURCES],
