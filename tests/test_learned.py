@@ -496,9 +496,13 @@ def noisy(tmp_path_factory, lib, sample_gallery):
     return library, f"folders:{sample_gallery}"
 
 
-def test_uninformative_captions_keep_the_head_at_alpha_fusion_on_unseen_labels(noisy):
-    """With captions that carry nothing, training has nothing that transfers to unseen labels: the
-    saved head must not fall below the α-fused mode on the held-out labels of any fold beyond noise."""
+def test_uninformative_captions_never_pull_the_head_below_alpha_fusion_on_unseen_labels(noisy):
+    """Captions that carry nothing: the saved head must not fall below the α-fused mode on the
+    held-out labels beyond noise. (On these photos, crops, mirrors and dimmed copies of one photo
+    per label, what the head learns does carry over to unseen labels, on every label: measured
+    +0.26 mAP with both the old and the new selection, every fold trained. So this is a guard, and
+    a check that the label-resampled rule still trains where a gain holds across labels; the test
+    that fails with the old rule is ``test_selection_needs_a_gain_that_holds_across_labels``.)"""
     from explorer.core.learned.experiment import run_kfold
 
     library, gt = noisy
@@ -511,3 +515,4 @@ def test_uninformative_captions_keep_the_head_at_alpha_fusion_on_unseen_labels(n
             assert np.array_equal(f.ap["learned"], f.ap["alpha-fused"])  # the start is exactly α-fusion
     c = rep.compare("alpha-fused", "learned")
     assert c.mean_diff >= -0.002, (rep.map("alpha-fused"), rep.map("learned"), [f.kept_epoch for f in rep.folds])
+    assert any(f.kept_epoch["learned"] > 0 for f in rep.folds)  # the rule is not "always keep the start"
