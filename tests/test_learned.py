@@ -160,7 +160,11 @@ def test_every_loss_term_can_be_switched_off(lib, data):
 def test_train_fusion_report_is_open_set_and_deterministic(lib, sample_gallery, trained, tmp_path):
     report, out = trained
     assert out.is_file() and report.out_path == str(out.resolve())
-    assert report.val_labels and not set(report.val_labels) & set(report.train_labels)  # split by label
+    # selection by inner folds over the labels: each inner fold validates on labels its head never saw
+    assert report.val_labels and len(report.inner) == 5
+    for f in report.inner:
+        assert f["val_labels"] and not set(f["val_labels"]) & set(f["train_labels"])  # split by label
+    assert sorted(lab for f in report.inner for lab in f["val_labels"]) == sorted(report.val_labels)  # each label once
     assert len(report.epochs) == 3 and all(e.val_map is not None for e in report.epochs)
     # epoch 0 is the start (exactly the α-fused mode): a trained epoch replaces it only with a val CI above 0
     assert 0 <= report.best_epoch <= 3
@@ -438,3 +442,77 @@ def test_closed_set_protocol_keeps_labels_and_splits_images(captioned):
         assert set(f.test_labels) <= set(f.train_labels)  # same labels, new images
         for mode in ("image", "alpha-fused", "learned"):
             assert len(f.ap[mode]) == f.n_test and 0 <= np.nanmean(f.ap[mode]) <= 1
+
+
+# -- selection: a validation gain must hold across labels -------------------------------------
+
+
+def test_selection_needs_a_gain_that_holds_across_labels():
+    """The earlier rule (query-resampled CI above zero) accepted a gain carried by one validation
+    label; on unseen test labels such a head lost (Fashion-MNIST open-set). Labels are resampled now."""
+    from explorer.core.evaluation import paired_comparison
+    from explorer.core.learned.train import _justified, label_comparison
+
+    rng = np.random.default_rng(0)
+    start = rng.uniform(0.2, 0.6, 100)
+    trained = start.copy()
+    trained[:50] += 0.10 + rng.normal(0, 0.01, 50)  # label "a": a big gain
+    trained[50:] -= 0.02 + np.abs(rng.normal(0, 0.005, 50))  # label "b": a loss
+    labels = ["a"] * 50 + ["b"] * 50
+    assert paired_comparison(start, trained, n_boot=2000).ci_low > 0  # queries resampled: "better"
+    c = label_comparison(start, trained, labels, n_boot=2000)
+    assert c["n_labels"] == 2 and c["labels_better"] == 1 and c["labels_worse"] == 1 and c["ci95"][0] < 0 < c["mean_diff"]
+    assert not _justified(float(trained.mean()), float(start.mean()), c, require_ci=True)
+    # a gain on every label passes
+    both = start + 0.03 + rng.normal(0, 0.01, 100)
+    many = [f"l{i % 5}" for i in range(100)]
+    c2 = label_comparison(start, both, many, n_boot=2000)
+    assert c2["ci95"][0] > 0 and c2["labels_better"] == 5
+    assert _justified(float(both.mean()), float(start.mean()), c2, require_ci=True)
+    # one label cannot show that a gain carries over to other labels
+    c1 = label_comparison(start, both, ["x"] * 100, n_boot=200)
+    assert c1["n_labels"] == 1 and not _justified(float(both.mean()), float(start.mean()), c1, require_ci=True)
+
+
+NOISE_WORDS = ["a blue teapot", "an old map", "receipt from a bakery", "a pair of gloves", "sunset over a lake", "a violin",
+               "stack of papers", "a wooden spoon"]
+
+
+@pytest.fixture(scope="module")
+def noisy(tmp_path_factory, lib, sample_gallery):
+    """The sample library (13 labels) with user captions that say nothing about the label (random phrases, seeded)."""
+    import shutil
+
+    from explorer.core.edits import USER_MODEL_ID, USER_SOURCE, set_captions
+    from explorer.core.library import Library
+
+    dst = tmp_path_factory.mktemp("noisy") / "lib"
+    shutil.copytree(lib.dir, dst)
+    library = Library(dst, lib.settings.__class__(library=str(dst)), loader=lib.loader)
+    fs, _ = load_features(library, compute_missing=False)
+    rng = np.random.default_rng(1)
+    set_captions(library, [(int(i), NOISE_WORDS[int(rng.integers(len(NOISE_WORDS)))]) for i in fs.ids.tolist()], USER_SOURCE,
+                 USER_MODEL_ID, strict=True)
+    return library, f"folders:{sample_gallery}"
+
+
+def test_uninformative_captions_never_pull_the_head_below_alpha_fusion_on_unseen_labels(noisy):
+    """Captions that carry nothing: the saved head must not fall below the α-fused mode on the
+    held-out labels beyond noise. (On these photos, crops, mirrors and dimmed copies of one photo
+    per label, what the head learns does carry over to unseen labels, on every label: measured
+    +0.26 mAP with both the old and the new selection, every fold trained. So this is a guard, and
+    a check that the label-resampled rule still trains where a gain holds across labels; the test
+    that fails with the old rule is ``test_selection_needs_a_gain_that_holds_across_labels``.)"""
+    from explorer.core.learned.experiment import run_kfold
+
+    library, gt = noisy
+    rep = run_kfold(library, gt, folds=5, epochs=6, patience=0, n_boot=2000, seed=0)
+    for f in rep.folds:
+        assert not set(f.test_labels) & (set(f.train_labels) | set(f.val_labels))
+        sel = f.val_map["full"]["selection"]
+        assert sel["unit"] == "label" and sel["n_labels"] == len(f.train_labels)  # every side label validated once
+        if f.kept_epoch["learned"] == 0:
+            assert np.array_equal(f.ap["learned"], f.ap["alpha-fused"])  # the start is exactly α-fusion
+    c = rep.compare("alpha-fused", "learned")
+    assert c.mean_diff >= -0.002, (rep.map("alpha-fused"), rep.map("learned"), [f.kept_epoch for f in rep.folds])
+    assert any(f.kept_epoch["learned"] > 0 for f in rep.folds)  # the rule is not "always keep the start"

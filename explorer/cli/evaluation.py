@@ -93,8 +93,9 @@ def cmd_train_fusion(args) -> int:
                 bits.append(p.message)
             print("  ".join(bits), file=sys.stderr)
 
+    split = {} if args.val_split is None else {"val_split": args.val_split}
     report = train_fusion(
-        lib, args.gt, args.out, epochs=args.epochs, val_split=args.val_split, seed=args.seed, arcface=not args.no_arcface,
+        lib, args.gt, args.out, epochs=args.epochs, seed=args.seed, arcface=not args.no_arcface, **split,
         lambda_nce=args.lambda_nce, lambda_box=args.lambda_box, lambda_fused=args.lambda_fused,
         use_boxes=False if args.no_boxes else "auto", use_caption=not args.no_caption_token, arch=args.arch,
         patience=args.patience, threads=args.threads, progress=progress,
@@ -107,7 +108,7 @@ def cmd_train_fusion(args) -> int:
         if args.folds < 2:
             raise ExplorerError(f"--folds needs at least 2 (or 0 to skip the k-fold check), got {args.folds}")
         kf = run_kfold(
-            lib, args.gt, folds=args.folds, closed_set=args.closed_set, val_split=args.val_split, seed=args.seed, epochs=args.epochs,
+            lib, args.gt, folds=args.folds, closed_set=args.closed_set, seed=args.seed, epochs=args.epochs, **split,
             patience=args.patience, use_boxes=False if args.no_boxes else "auto", threads=args.threads, n_boot=2000,
             head_kw={"use_caption": not args.no_caption_token, "arch": args.arch},
             loss_kw={"arcface": not args.no_arcface, "lambda_nce": args.lambda_nce, "lambda_box": args.lambda_box,
@@ -128,7 +129,8 @@ def add_train_fusion(sub) -> None:
     s.add_argument("--gt", required=True, metavar="SPEC", help="labelled ground truth, e.g. folders:DIR")
     s.add_argument("--out", required=True, metavar="FILE.safetensors", help="where to save the head, e.g. models/fusion-shop.safetensors")
     s.add_argument("--epochs", type=int, default=30)
-    s.add_argument("--val-split", type=float, default=0.2, help="fraction of labels held out for validation (open-set)")
+    s.add_argument("--val-split", type=float, default=None, help="fraction of labels each inner fold of the selection holds out for validation "
+                   "(open-set; default 1/3 = 3 inner folds, every label validated once; 0 = no validation)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-arcface", action="store_true", help="ablation: switch off the ArcFace term")
     s.add_argument("--lambda-nce", type=float, default=0.5, help="weight of the image-caption InfoNCE term (0 = off)")

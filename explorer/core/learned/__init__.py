@@ -3,7 +3,7 @@ RoI-pooled box features, caption embedding) that outputs one retrieval embedding
 
 Public API::
 
-    train_fusion(library, gt_spec, out_path, epochs=30, val_split=0.2, seed=0, ...) -> TrainReport
+    train_fusion(library, gt_spec, out_path, epochs=30, val_split=1/3, seed=0, ...) -> TrainReport
     load_head(path, library=None) -> FusionHead          # safetensors only, checked against the library
     save_head(head, path, train_info=None) -> Path
     embed_gallery(head, library, image_ids=None) -> (ids, vectors)

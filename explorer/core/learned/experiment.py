@@ -4,14 +4,16 @@
                                                [--ablation] [--json out.json]
 
 **Open set** (default): the usable labels are shuffled (seeded) and dealt into ``folds``
-groups. Fold *f* tests on the images of group *f*; the other labels are split again, by
-label, into training and validation labels (``val_split``; early stopping and the selection
-of the kept epoch). So test labels are never seen in training or in model selection.
+groups. Fold *f* tests on the images of group *f*; the other labels go to ``train.fit_cv``,
+exactly as ``explorer train-fusion`` does with all labels: inner folds over them
+(``round(1 / val_split)``) decide whether training beats the α-fused start across labels and
+for how many epochs, and the head is then trained on all of them. So test labels are never
+seen in training or in model selection.
 
 **Closed set** (``closed_set=True``): the images of every label are dealt into ``folds``
-groups (stratified); fold *f* tests on group *f*, trains on the rest minus a stratified
-``val_split`` of images per label kept for validation. Same labels, new images: a user who
-labelled part of a catalogue and queries new photos of the same products.
+groups (stratified); fold *f* tests on group *f*, and ``fit_cv`` runs on the rest with inner
+folds over images (stratified). Same labels, new images: a user who labelled part of a
+catalogue and queries new photos of the same products.
 
 In both, each test image is a query against **every** image of the set (leave-one-out; same
 label = relevant), so every image is a query exactly once over the folds and the image-only
@@ -39,8 +41,8 @@ import numpy as np
 
 from ..errors import ExplorerError
 from .head import LossConfig, fused_pair
-from .train import (DEFAULT_EPOCHS, DEFAULT_PATIENCE, MIN_IMAGES_PER_CLASS, embed_pair, fit, labelled_features,
-                    make_head_config, resolve_boxes, split_labels, usable_labels)
+from .train import (DEFAULT_EPOCHS, DEFAULT_PATIENCE, DEFAULT_VAL_SPLIT, MIN_IMAGES_PER_CLASS, embed_pair, fit_cv, fold_rows, inner_folds_for,
+                    labelled_features, make_head_config, resolve_boxes, usable_labels)
 
 #: (name, head overrides, loss overrides); "full" first.
 VARIANTS: list[tuple[str, dict, dict]] = [
@@ -72,6 +74,8 @@ class FoldResult:
     trained_epoch: dict[str, int] = field(default_factory=dict)
     val_map: dict[str, dict] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    #: variant -> the inner folds of its selection (labels and sizes)
+    inner: dict[str, list] = field(default_factory=dict)
 
 
 @dataclass
@@ -162,7 +166,8 @@ class KFoldReport:
             "folds": [{"fold": f.fold, "test_labels": f.test_labels, "train_labels": f.train_labels, "val_labels": f.val_labels,
                        "n_train": f.n_train, "n_val": f.n_val, "n_test": f.n_test, "maps": {n: float(np.nanmean(a)) for n, a in f.ap.items()},
                        "learned_vs_alpha": self.compare("alpha-fused", "learned", f).to_dict(),
-                       "kept_epoch": f.kept_epoch, "trained_epoch": f.trained_epoch, "val_map": f.val_map, "seconds": f.seconds}
+                       "kept_epoch": f.kept_epoch, "trained_epoch": f.trained_epoch, "val_map": f.val_map, "seconds": f.seconds,
+                       "inner": f.inner}
                       for f in self.folds],
             "notes": self.notes,
         }
@@ -176,47 +181,12 @@ def _ap(q: np.ndarray, g: np.ndarray, q_rows: np.ndarray, labels: list[str]) -> 
     return evaluate_embeddings(q[q_rows], g, rel, ks=(1,)).ap
 
 
-def fold_rows(labels: list[str], folds: int, seed: int, closed_set: bool) -> list[np.ndarray]:
-    """Row indices of each fold's test images (over the images of usable labels)."""
-    usable = usable_labels(labels)
-    lab = np.asarray(labels, object)
-    rng = np.random.default_rng(seed)
-    if not closed_set:
-        if len(usable) < folds:
-            raise ExplorerError(f"{folds}-fold over labels needs at least {folds} labels with {MIN_IMAGES_PER_CLASS}+ images, found {len(usable)}")
-        perm = [usable[i] for i in rng.permutation(len(usable))]
-        return [np.flatnonzero(np.isin(lab, list(g))) for g in np.array_split(np.asarray(perm, object), folds)]
-    out: list[list[int]] = [[] for _ in range(folds)]
-    start = 0
-    for name in usable:
-        rows = np.flatnonzero(lab == name)
-        rows = rows[rng.permutation(len(rows))]
-        for j, r in enumerate(rows.tolist()):
-            out[(start + j) % folds].append(r)
-        start += len(rows)  # continue dealing where the last label stopped, so fold sizes stay even
-    return [np.asarray(sorted(o), np.int64) for o in out]
-
-
-def _closed_val(rows: np.ndarray, labels: list[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified split of ``rows`` into (train, val) with about ``fraction`` of each label's images in val."""
-    rng = np.random.default_rng(seed)
-    lab = np.asarray(labels, object)[rows]
-    tr, va = [], []
-    for name in sorted(set(lab.tolist())):
-        r = rows[lab == name]
-        r = r[rng.permutation(len(r))]
-        k = int(round(fraction * len(r))) if len(r) >= 3 else 0
-        va.extend(r[:k].tolist())
-        tr.extend(r[k:].tolist())
-    return np.asarray(sorted(tr), np.int64), np.asarray(sorted(va), np.int64)
-
-
 def run_kfold(
     library,
     gt,
     folds: int = 5,
     closed_set: bool = False,
-    val_split: float = 0.2,
+    val_split: float = DEFAULT_VAL_SPLIT,
     seed: int = 0,
     epochs: int = DEFAULT_EPOCHS,
     patience: int = DEFAULT_PATIENCE,
@@ -262,24 +232,17 @@ def run_kfold(
     lab_arr = np.asarray(labels, object)
     results: list[FoldResult] = []
     for k, te in enumerate(tests):
-        if closed_set:
-            rest = np.setdiff1d(np.arange(len(labels)), te)
-            tr, va = _closed_val(rest, labels, val_split, seed + 1000 + k)
-            te_labs = sorted(set(lab_arr[te].tolist()))
-            va_labs = sorted(set(lab_arr[va].tolist()))
-            tr_labs = sorted(set(lab_arr[tr].tolist()))
-        else:
-            te_labs = sorted(set(lab_arr[te].tolist()))
-            side = [lab for lab in usable if lab not in te_labs]
-            tr_labs, va_labs = split_labels([labels[i] for i in np.flatnonzero(np.isin(lab_arr, side))], val_split, seed + 1000 + k)
-            tr = np.flatnonzero(np.isin(lab_arr, tr_labs))
-            va = np.flatnonzero(np.isin(lab_arr, va_labs))
+        side = np.setdiff1d(np.arange(len(labels)), te)
+        if not closed_set:  # open set: no image of a test label anywhere near training or selection
+            side = side[~np.isin(lab_arr[side], lab_arr[te])]
+        te_labs = sorted(set(lab_arr[te].tolist()))
+        side_labs = sorted(set(lab_arr[side].tolist()))
         ap = {"image": _ap(fs.image, fs.image, te, labels), "alpha-fused": _ap(fq, fg, te, labels)}
-        res = FoldResult(k + 1, te_labs, tr_labs, va_labs, len(tr), len(va), len(te), ap)
-        say(f"fold {k + 1}/{folds}: train {len(tr)} / val {len(va)} / test {len(te)} images; "
+        res = FoldResult(k + 1, te_labs, side_labs, side_labs, len(side), 0, len(te), ap)
+        say(f"fold {k + 1}/{folds}: train+select on {len(side)} images / {len(side_labs)} labels, test {len(te)} images; "
             f"image {np.nanmean(ap['image']):.4f}, α-fused {np.nanmean(ap['alpha-fused']):.4f}")
-        train_fs, val_fs = fs.subset(tr), fs.subset(va) if len(va) else None
-        tr_l, va_l = [labels[i] for i in tr.tolist()], [labels[i] for i in va.tolist()]
+        side_fs = fs.subset(side)
+        side_l = [labels[i] for i in side.tolist()]
         for name, head_over, loss_over in chosen:
             t0 = time.perf_counter()
             hk = dict(base_head)
@@ -287,8 +250,10 @@ def run_kfold(
             cfg = make_head_config(library, hk.pop("use_boxes"), hk.pop("use_caption"), hk.pop("arch"), **hk)
             lk = dict(loss_kw or {})
             lk.update(loss_over)
-            r = fit(train_fs, tr_l, val_fs, va_l or None, cfg, LossConfig(**lk), epochs=epochs, patience=patience, seed=seed + k,
-                    closed_set=closed_set, **fit_kw)
+            r = fit_cv(side_fs, side_l, cfg, LossConfig(**lk), inner_folds_for(val_split), epochs=epochs, patience=patience,
+                       seed=seed + k, closed_set=closed_set, refit_always=ablation, **fit_kw)
+            res.n_val = r.n_val
+            res.inner[name] = r.inner
             key = "learned" if name == "full" else f"{name} (selected)"
             q, g = embed_pair(r.head, fs)
             ap[key] = _ap(q, g, te, labels)
@@ -296,13 +261,16 @@ def run_kfold(
                 ap["full (selected)"] = ap[key]
             res.kept_epoch[name if name != "full" else "learned"] = r.best_epoch
             res.trained_epoch[name] = r.trained_epoch
-            res.val_map[name] = {"start": r.val_map_untrained, "kept": r.best_val_map, "trained": r.trained_val_map}
+            res.val_map[name] = {"start": r.val_map_untrained, "kept": r.best_val_map, "trained": r.trained_val_map,
+                                 "image": r.val_map_image_only, "selection": r.selection}
             if ablation:
                 tq, tg = embed_pair(r.trained_head(), fs)
                 ap[f"{name} (trained)"] = _ap(tq, tg, te, labels)
             res.seconds[name] = time.perf_counter() - t0
-            say(f"  {name:24s} val start {r.val_map_untrained or float('nan'):.4f} trained {r.trained_val_map or float('nan'):.4f} "
-                f"(epoch {r.trained_epoch}) kept {r.best_epoch}; test {np.nanmean(ap[key]):.4f} ({res.seconds[name]:.1f} s)")
+            c = r.selection or {}
+            ci = f" CI [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}] {c['labels_better']}/{c['n_labels']} labels better" if c else ""
+            say(f"  {name:24s} pooled val start {r.val_map_untrained or float('nan'):.4f} trained {r.trained_val_map or float('nan'):.4f} "
+                f"(epoch {r.trained_epoch}{ci}) kept {r.best_epoch}; test {np.nanmean(ap[key]):.4f} ({res.seconds[name]:.1f} s)")
         results.append(res)
     return KFoldReport(results, closed_set, [v[0] for v in chosen], n_boot, len(labels), len(usable), notes)
 
@@ -313,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gt", required=True, help="ground truth spec, e.g. folders:DIR")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--closed-set", action="store_true")
-    ap.add_argument("--val-split", type=float, default=0.2)
+    ap.add_argument("--val-split", type=float, default=DEFAULT_VAL_SPLIT,
+                    help="fraction of labels each inner fold of the selection holds out (default 1/3: 3 inner folds)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     ap.add_argument("--patience", type=int, default=DEFAULT_PATIENCE)
