@@ -49,6 +49,7 @@ def main() -> int:
     from PySide6.QtCore import QSettings
     from PySide6.QtWidgets import QApplication
 
+    from explorer.core.modes import CAPTION, FUSED, IMAGE
     from explorer.core.config import Settings
     from explorer.core.samples import make_sample_gallery
     from explorer.ui.app import make_app, tune_threads_for_gui
@@ -73,7 +74,7 @@ def main() -> int:
             app.processEvents()
             time.sleep(0.02)
             if time.monotonic() - t0 > timeout:
-                raise SystemExit(f"timed out; last error: {win.last_error}")
+                raise SystemExit(f"timed out; last error: {win.notify.last_error}")
 
     def settle(seconds=3.0):
         t0 = time.monotonic()
@@ -81,19 +82,18 @@ def main() -> int:
             app.processEvents()
             time.sleep(0.02)
 
-    spin(lambda: win.warm)
-    if win.session.library.store.count_images() == 0:
-        done = {"x": False}
-        win.indexFinished.connect(lambda _s: done.__setitem__("x", True))
-        win.index_folder(str(gallery))
-        spin(lambda: done["x"])
+    # index the gallery when needed and let the models warm up: the demo flow does both
+    done = {"query": False}
+    win.search_page.queryFinished.connect(lambda _r: done.__setitem__("query", True))
+    win.start_demo(str(gallery))
+    spin(lambda: done["query"])
 
     # 1. per-query table: caption-only against image-only (fused ties image-only on every query of this small set)
     pq = win.per_query_panel
     win.tabs.setCurrentWidget(win.eval_panel)
-    win.eval_panel.start(f"folders:{gallery}", modes=("image", "fused", "caption"))
+    win.eval_panel.start(f"folders:{gallery}", modes=(IMAGE, FUSED, CAPTION))
     spin(lambda: pq.comparison is not None and bool(pq.captions))
-    pq.set_pair("image", "caption")
+    pq.set_pair(IMAGE, CAPTION)
     win.eval_panel.sections.setSizes([330, 470])
     settle(4)
     win.banner.hide()
@@ -104,7 +104,7 @@ def main() -> int:
     win.tabs.setCurrentWidget(mp)
     got = {"m": None}
     mp.mapReady.connect(lambda m: got.__setitem__("m", m))
-    mp.compute("image", method="pca")
+    mp.compute(IMAGE, method="pca")
     spin(lambda: got["m"] is not None)
     m = got["m"]
     settle(1)
