@@ -31,7 +31,8 @@ Per backend, as ``bench/scale_memory.py`` does, in child processes (``--threads`
 a **build** child adds the vectors in chunks of 50,000 and saves the store (progress lines with
 rate and ETA), then a fresh **measure** child loads it and reports VmRSS / RssAnon / RssFile of
 itself and its children before and after loading and after the queries, recall@10 (ef = the
-library's default 128; the reduced index re-scores its top 100 candidates exactly) and the
+library's default 128; the reduced index re-scores its top 100 candidates exactly, found with
+ef = 4 x 100; then a sweep of candidates and ef) and the
 median ms per query (one query at a time, one thread). Each backend's files are deleted before
 the next starts. A build that passes ``--budget-min`` minutes, or leaves less than
 ``--min-free-gib`` of memory available, stops at a chunk boundary; that backend is then measured at
@@ -72,7 +73,8 @@ from scale_memory import rss_tree  # noqa: E402
 DIM = 1280
 K = 10
 CHUNK = 50_000
-#: (candidates re-scored, ef of the projected index) tried after the shipped setting, reduced backends only
+#: (candidates re-scored, ef passed to search) tried after the shipped setting, reduced backends only
+#: (the store's projected index searches with at least ``reduced.CANDIDATE_EF`` x candidates)
 SWEEP = ((100, 400), (200, 400), (400, 800), (1000, 1000))
 #: bump when the generator changes, so that a kept work folder is not reused
 GENERATOR_VERSION = 1
@@ -190,6 +192,36 @@ def exact_topk(data: np.ndarray, queries: np.ndarray, n: int) -> np.ndarray:
         best_s, best_i = np.take_along_axis(allsc, top, 1), np.take_along_axis(alli, top, 1)
     order = np.argsort(-best_s, axis=1)
     return np.take_along_axis(best_i, order, 1)
+
+
+def projected_bound(data, queries: np.ndarray, truth: np.ndarray, r: int, cands=(100, 200, 400, 1000)) -> dict:
+    """recall@10 of *exact* search in the r-d projected space (projection fitted as the store fits it:
+    50,000 random rows) followed by exact re-scoring of its top C: what the reduced store would reach
+    with a perfect projected index. Separates the projection's loss from the projected HNSW's."""
+    from explorer.core.vectorstore.reduced import FIT_SAMPLE, fit_projection
+
+    n, top = len(data), max(cands)
+    rows = np.sort(np.random.default_rng(0).choice(n, min(n, FIT_SAMPLE), replace=False))
+    p = fit_projection(np.asarray(data[rows]), r)
+    qp = queries @ p.T
+    best = np.full((len(queries), top), -np.inf, np.float32)
+    bi = np.zeros((len(queries), top), np.int64)
+    for s in range(0, n, 100_000):
+        sc = qp @ (np.asarray(data[s:s + 100_000]) @ p.T).T
+        a = np.concatenate([best, sc], 1)
+        ai = np.concatenate([bi, np.arange(s, s + sc.shape[1])[None].repeat(len(queries), 0)], 1)
+        sel = np.argpartition(-a, top, 1)[:, :top]
+        best, bi = np.take_along_axis(a, sel, 1), np.take_along_axis(ai, sel, 1)
+    bi = np.take_along_axis(bi, np.argsort(-best, 1), 1)
+    out = {"bare_top10": float(np.mean([len(set(bi[j, :K].tolist()) & set(truth[j].tolist())) / K for j in range(len(queries))]))}
+    for c in cands:
+        hits = 0
+        for j, q in enumerate(queries):
+            cand = np.sort(bi[j, :c])
+            got = cand[np.argsort(-(np.asarray(data[cand]) @ q))[:K]]
+            hits += len(set(got.tolist()) & set(truth[j].tolist()))
+        out[f"rescored_top{c}"] = hits / (K * len(queries))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -431,6 +463,17 @@ def main() -> None:
         results["exact_single_ms"] = 1000 * (time.perf_counter() - t) / 5
         log(f"exact single query (numpy, data from page cache): {results['exact_single_ms']:.0f} ms")
 
+        for b in args.backends.split(","):
+            if b.startswith("hnswlib-pca"):
+                t = time.perf_counter()
+                tr = np.load(work / f"truth-{args.n}.npz")
+                bound = {name: projected_bound(data, qs, tr[name], int(b[len("hnswlib-pca"):]))
+                         for name, qs in (("real", q_real), ("generated", q_gen))}
+                results.setdefault("projected_bound", {})[b] = bound
+                log(f"{b}: exact search in the projected space + exact re-scoring (no HNSW), recall@10 real | generated: "
+                    + ", ".join(f"{k} {bound['real'][k]:.4f} | {bound['generated'][k]:.4f}" for k in bound["real"])
+                    + f" ({time.perf_counter() - t:.0f} s)")
+
         def one_backend(b: str) -> None:
             log(f"{b}: building {args.n:,} ...")
             try:
@@ -481,6 +524,13 @@ def main() -> None:
               f"{r['ms_per_query']:.2f} ({r['ms_p90']:.2f}) |")
         if r["stopped"]:
             print(f"  {r['backend']}: {r['stopped']}")
+        for w in r.get("sweep", []):
+            print(f"  {r['backend']}, {w['candidates']} candidates re-scored, projected ef {w['ef']}: recall@10 real "
+                  f"{w['recall_real']:.4f}, generated {w['recall_generated']:.4f}; {w['ms_per_query']:.2f} ms/query")
+        bound = results.get("projected_bound", {}).get(r["backend"])
+        if bound:
+            print(f"  {r['backend']}, exact projected search + re-scoring (no HNSW), recall@10 real | generated: "
+                  + ", ".join(f"{k} {bound['real'][k]:.4f} | {bound['generated'][k]:.4f}" for k in bound["real"]))
     dump()
 
 
