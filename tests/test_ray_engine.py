@@ -301,3 +301,95 @@ def test_ray_run_holds_the_writer_lock(tmp_path, indexed_sample, sample_gallery,
     lib = Library(lib_dir, replace(loader.settings, library=str(lib_dir)), loader=loader)
     assert not lib.check().lines()
     lib.close()
+
+
+def _ok_images(lib_dir: Path) -> int:
+    """Images committed so far, read without disturbing the writer (read-only SQLite)."""
+    import sqlite3
+
+    db = lib_dir / "library.sqlite"
+    if not db.exists():
+        return 0
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        try:
+            return con.execute("SELECT count(*) FROM images WHERE status = 'ok'").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:  # the schema is being created
+        return 0
+
+
+def test_cli_ray_job_sigkilled_then_rerun_has_no_duplicates(tmp_path, sample_gallery, indexed_sample):
+    """A real kill: ``explorer index --index-engine ray`` (a local Ray, 2 CPUs) in a subprocess gets
+    SIGKILL once some shards are committed; the same command again completes the library: one row
+    per file, one vector per kind per image, ``explorer check`` finds nothing to repair, and ids,
+    captions, detections and vectors (cosine >= 0.999) are the local indexer's."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    gal = tmp_path / "gallery"
+    shutil.copytree(sample_gallery, gal)
+    (gal / "zzz").mkdir()  # scanned last, so the other images get the local indexer's ids
+    (gal / "zzz" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    n_files = sum(1 for _ in sample_gallery.rglob("*.jpg"))
+    lib_dir = tmp_path / "lib"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "RAY_DISABLE_USAGE_STATS": "1"}
+    cmd = [sys.executable, "-m", "explorer", "index", str(gal), "--library", str(lib_dir), "--index-engine", "ray",
+           "--shard-size", "4", "--batch-size", "4", "--quiet"]
+
+    # 1. start the job in its own process group and SIGKILL it once a shard or two are in
+    job = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        seen, deadline = 0, time.monotonic() + 600
+        while job.poll() is None and time.monotonic() < deadline:
+            seen = _ok_images(lib_dir)
+            if seen >= 4:
+                break
+            time.sleep(0.05)
+        assert job.poll() is None, f"the job ended before it could be killed:\n{job.stdout.read()[-3000:]}"
+        assert seen >= 4, "no shard committed within 10 minutes"
+        os.kill(job.pid, signal.SIGKILL)  # the driver dies at once: no clean-up, no index save, no run end
+        job.wait(timeout=60)
+        assert job.returncode == -signal.SIGKILL
+    finally:
+        try:  # whatever the driver started (Ray's local processes) goes with it
+            os.killpg(job.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        job.wait(timeout=60)
+    killed_at = _ok_images(lib_dir)
+    assert 4 <= killed_at < n_files, f"killed with {killed_at} of {n_files} images in: not mid-run"
+
+    # 2. the same command again finishes the job (exit 1: the broken file is a recorded failure)
+    again = subprocess.run(cmd[:-1], env=env, capture_output=True, text=True, timeout=900, start_new_session=True)
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert f"{n_files - killed_at} indexed, {killed_at} unchanged" in again.stdout, again.stdout
+    assert "broken.jpg" in again.stdout and "1 failed" in again.stdout
+    assert not list((lib_dir / "ray-shards").glob("*.parquet"))
+
+    # 3. explorer check: database and indices agree
+    check = subprocess.run([sys.executable, "-m", "explorer", "check", "--library", str(lib_dir), "--full"],
+                           env=env, capture_output=True, text=True, timeout=600)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "library is consistent" in check.stdout, check.stdout
+    assert f"images: {n_files} indexed, 1 with errors" in check.stdout, check.stdout
+
+    # 4. no duplicates, and the local indexer's library
+    lib = Library(lib_dir, replace(indexed_sample.settings, library=str(lib_dir)), loader=indexed_sample.loader)
+    try:
+        with lib.store.session() as s:
+            paths = s.scalars(select(ImageRow.path)).all()
+            assert len(paths) == len(set(paths)) == n_files + 1
+            per = s.execute(select(VectorRow.image_id, VectorRow.kind, func.count()).group_by(VectorRow.image_id, VectorRow.kind)).all()
+            assert len(per) == 2 * n_files and all(c == 1 for _, _, c in per)
+        assert not lib.check().lines()  # loads the saved indices: nothing to repair
+        for mode in ("image", "caption", "fused"):
+            assert len(lib.index(mode)) == n_files, mode
+        got, want = snapshot(lib, gal), snapshot(indexed_sample, sample_gallery)
+        assert got.pop(os.path.join("zzz", "broken.jpg"))[1] == "error"
+        assert_same_library(got, want)
+    finally:
+        lib.close()

@@ -189,3 +189,92 @@ def test_library_on_milvus_gives_same_agreement_search_and_evaluation(indexed_sa
             assert np.allclose(ra.ap, rb.ap, atol=1e-9), ra.mode  # every query's AP, not only the mean
     finally:
         lib.close()
+
+
+def _closed_port() -> int:
+    """A local TCP port nobody listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@needs_milvus
+def test_milvus_server_uri_unreachable_is_one_line_error(tmp_path):
+    """Server mode takes ``http://host:19530``; with nothing listening, the first use is a clear
+    one-line ExplorerError naming the address — no traceback, no hang, nothing written."""
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    st = open_store("milvus", tmp_path / "indices", "image--test", 8, {"image": "t"}, uri=uri)
+    assert st.server and st.uri == uri
+    with pytest.raises(ExplorerError) as e:
+        st.upsert(np.array([1]), np.ones((1, 8), np.float32))
+    msg = str(e.value)
+    assert msg.startswith(f"cannot reach the Milvus server at {uri}: ") and "\n" not in msg and "MilvusException" not in msg
+    assert not (tmp_path / "indices" / "milvus.db").exists()
+    with pytest.raises(ExplorerError, match="unsupported Milvus URI"):
+        open_store("milvus", tmp_path / "indices", "image--test", 8, {"image": "t"}, uri="grpc+ssl://127.0.0.1:1")
+
+
+def _row_counts(lib_dir) -> tuple:
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{lib_dir / 'library.sqlite'}?mode=ro", uri=True)
+    try:
+        return tuple(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("images", "captions", "vectors"))
+    finally:
+        con.close()
+
+
+@needs_milvus
+def test_cli_with_unreachable_milvus_server_exits_2_with_one_line(indexed_sample, tmp_path):
+    """The whole path: ``explorer check --vector-store milvus --vector-store-uri http://…`` on a real
+    library whose server is down prints one error line and exits 2, and the library loses nothing."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    dst = tmp_path / "lib"
+    shutil.copytree(indexed_sample.dir, dst)
+    before = _row_counts(dst)
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    p = subprocess.run([sys.executable, "-m", "explorer", "check", "--library", str(dst), "--vector-store", "milvus",
+                        "--vector-store-uri", uri], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stdout + p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and f"cannot reach the Milvus server at {uri}" in lines[0], p.stderr
+    assert "Traceback" not in p.stdout + p.stderr
+    assert _row_counts(dst) == before and before[0] > 0
+
+
+def test_library_on_reduced_backend_reduces_all_three_indices(indexed_sample, sample_gallery, loader, tmp_path, monkeypatch):
+    """``hnswlib-pca<R>`` reduces the image, caption and fused indices (each its own projection, fitted
+    here on the sample gallery), and the library's search through them ranks as on hnswlib."""
+    import explorer.core.vectorstore.reduced as reduced
+    from explorer.core.library import Library
+    from explorer.core.search import QuerySpec, Searcher
+
+    monkeypatch.setattr(reduced, "FIT_MIN", 20)  # the sample gallery has 50 images: fit the projections
+    dst = tmp_path / "lib"
+    shutil.copytree(indexed_sample.dir, dst)
+    shutil.rmtree(dst / "indices")
+    lib = Library(dst, replace(loader.settings, library=str(dst), vector_store="hnswlib-pca8"), loader=loader)
+    try:
+        rep = lib.check()
+        assert all(r.rebuilt for r in rep.repairs.values())
+        for mode in ("image", "caption", "fused"):
+            st = lib.index(mode)
+            assert type(st).__name__ == "ReducedStore" and st.proj is not None and st.proj.shape[0] == 8, mode
+            assert st.live_ids() == indexed_sample.index(mode).live_ids()
+        lib.save_indices()
+        assert not Library(dst, replace(loader.settings, library=str(dst), vector_store="hnswlib-pca8"), loader=loader).check().lines()
+        a, b = Searcher(indexed_sample), Searcher(lib)
+        for qp in sorted(sample_gallery.rglob("*.jpg"))[:3]:
+            ra = a.search(QuerySpec(image=str(qp)), modes=("image", "caption", "fused"), k=10)
+            rb = b.search(QuerySpec(image=str(qp)), modes=("image", "caption", "fused"), k=10)
+            for m in ("image", "caption", "fused"):
+                sa, sb = [h.score for h in ra.modes[m].hits], [h.score for h in rb.modes[m].hits]
+                assert_same_ranking([h.image_id for h in ra.modes[m].hits], sa, [h.image_id for h in rb.modes[m].hits], sb)
+    finally:
+        lib.close()

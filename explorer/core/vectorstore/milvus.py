@@ -32,8 +32,23 @@ from .base import ManifestSync, canonical_top, fetch_k
 
 #: rows per insert request (1280-d float32 rows: ~10 MB per request, under gRPC's limit)
 CHUNK = 2000
+#: URI schemes of a Milvus server; anything else without a scheme is a Milvus Lite file
+SERVER_SCHEMES = ("http://", "https://", "tcp://")
+#: seconds to wait for a server to answer before the one-line error
+CONNECT_TIMEOUT_S = 10.0
 _clients: dict[str, object] = {}
 _clients_lock = threading.Lock()
+
+
+def _problem(e: Exception) -> str:
+    """The first line of a pymilvus error, without its ``<MilvusException: (code=..., message=...)>`` wrapper."""
+    msg = getattr(e, "message", None) or str(e) or type(e).__name__
+    return str(msg).strip().splitlines()[0][:300]
+
+
+def is_server_uri(uri: str) -> bool:
+    """Whether ``uri`` names a Milvus server (``http(s)://host:port``, ``tcp://``) rather than a Lite file."""
+    return uri.startswith(SERVER_SCHEMES)
 
 
 def _client(uri: str):
@@ -44,10 +59,11 @@ def _client(uri: str):
     with _clients_lock:
         if uri not in _clients:
             try:
-                _clients[uri] = MilvusClient(uri, token=os.environ.get("MILVUS_TOKEN", "")) if uri.startswith(("http://", "https://")) \
-                    else MilvusClient(uri)
-            except Exception as e:  # noqa: BLE001 - e.g. the file is held by another process
-                raise ExplorerError(f"cannot open Milvus at {uri}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+                _clients[uri] = MilvusClient(uri, token=os.environ.get("MILVUS_TOKEN", ""), timeout=CONNECT_TIMEOUT_S) \
+                    if is_server_uri(uri) else MilvusClient(uri)
+            except Exception as e:  # noqa: BLE001 - an unreachable server, or a Lite file held by another process
+                what = "cannot reach the Milvus server at" if is_server_uri(uri) else "cannot open Milvus at"
+                raise ExplorerError(f"{what} {uri}: {_problem(e)}") from None
         return _clients[uri]
 
 
@@ -71,7 +87,9 @@ def collection_name(name: str, scope: str = "") -> str:
 class MilvusStore(ManifestSync):
     def __init__(self, directory: Path, name: str, dim: int, source: dict | None = None, uri: str = ""):
         super().__init__(directory, name, dim, source, suffix="milvus")
-        self.server = uri.startswith(("http://", "https://"))
+        if "://" in uri and not is_server_uri(uri):
+            raise ExplorerError(f"unsupported Milvus URI '{uri}': use http(s)://host:port for a server, or a file path for Milvus Lite")
+        self.server = is_server_uri(uri)
         self.uri = uri if self.server else str(Path(uri) if uri else Path(directory) / "milvus.db")
         self.collection = collection_name(name, str(Path(directory).resolve()) if self.server else "")
 
