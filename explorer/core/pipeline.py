@@ -49,7 +49,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .captions import CaptionsFile
-from .captions.sources import COMPOSE_RULE, EXTRA_SOURCES, REREAD_USER_SOURCES
+from .captions.sources import COMPOSE_RULE, EXTRA_SOURCES, GENERATED, OCR, REREAD_USER_SOURCES
 from .errors import BadImage
 from .imageio import LoadedImage, load_image
 from .library import Library
@@ -343,11 +343,11 @@ class Indexer:
                 if c is not None:
                     caps[key] = c
         ocrs: dict[int, Caption] = {}
-        if "ocr" in self.sources:
+        if OCR in self.sources:
             need_ocr = [(id(d), d.loaded.image) for d in pix if d.work.user_caption is None and (d.work.ocr or d.work.full)]
             if need_ocr:
                 reader = self._ocr_reader()
-                for (key, _), c in zip(need_ocr, guarded(lambda ims: [reader.read(im) for im in ims], need_ocr, "ocr")):
+                for (key, _), c in zip(need_ocr, guarded(lambda ims: [reader.read(im) for im in ims], need_ocr, OCR)):
                     if c is not None:
                         ocrs[key] = c
         img_vecs: dict[int, np.ndarray] = {}
@@ -407,13 +407,13 @@ class Indexer:
                 scale = d.loaded.scale
                 it.detector_model = det_id
                 it.detections = [(det.label, det.score, tuple(v * scale for v in det.box)) for det in dets[key]]
-            write = [("generated", caps.get(key)), ("ocr", ocrs.get(key))] + list(w.user_captions.items()) + list(w.extras.items())
+            write = [(GENERATED, caps.get(key)), (OCR, ocrs.get(key))] + list(w.user_captions.items()) + list(w.extras.items())
             it.captions = [(source, cap.text, cap.model_id, cap.confidence) for source, cap in write if cap is not None]
             # person-written captions and file-name words whose file text went away, and switched-off sources
             gone = [src for src in REREAD_USER_SOURCES if src not in w.user_captions]
-            gone += [src for src in EXTRA_SOURCES if src != "ocr" and src not in w.extras]
-            if "ocr" not in self.sources:
-                gone.append("ocr")
+            gone += [src for src in EXTRA_SOURCES if src != OCR and src not in w.extras]
+            if OCR not in self.sources:
+                gone.append(OCR)
             it.drop_sources = gone
             it.vectors = [(kind, model_id, vec) for kind, model_id, vec in
                           (("image", img_id, img_vecs.get(key)), ("caption", txt_id, txt_vecs.get(key))) if vec is not None]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .captions import CaptionsFile, metadata_caption, name_captions, read_sidecar
-from .captions.sources import COMPOSE_RULE, REREAD_USER_SOURCES, compose
+from .captions.sources import COMPOSE_RULE, FILENAME, FOLDER, GENERATED, GROUND_TRUTH, METADATA, OCR, REREAD_USER_SOURCES, USER_EDITED, compose
 from .edits import MAX_CAPTION_CHARS
 from .models.base import Caption
 from .scanning import Failure, ScanResult, display
@@ -74,16 +74,16 @@ def caption_to_embed(work: Work, stored: dict[str, Caption], generated: Caption 
     stays valid (the active text did not change and ``work`` does not need its text redone).
     Both indexing engines (local and Ray) call this, so they embed the same text."""
     merged = dict(stored)
-    for src in REREAD_USER_SOURCES + ("filename", "folder"):
+    for src in REREAD_USER_SOURCES + (FILENAME, FOLDER):
         merged.pop(src, None)
-    if "ocr" not in sources:
-        merged.pop("ocr", None)
+    if OCR not in sources:
+        merged.pop(OCR, None)
     merged.update(work.user_captions)
     merged.update(work.extras)
     if generated is not None:
-        merged["generated"] = generated
+        merged[GENERATED] = generated
     if ocr is not None:
-        merged["ocr"] = ocr
+        merged[OCR] = ocr
     active = compose(merged)
     if active is None:
         return None
@@ -113,10 +113,10 @@ class Planner:
             cap = self.captions_file.get(Path(os.fsdecode(path)))
             if cap:
                 out[cap.source] = _bounded(cap)
-        if "metadata" in self.sources:
+        if METADATA in self.sources:
             cap, md = metadata_caption(path)
             if cap:
-                out["metadata"] = _bounded(cap)
+                out[METADATA] = _bounded(cap)
             for why in md.problems:
                 self._notes.append(Failure(display(path), f"metadata: {why}"))
         return out
@@ -148,7 +148,7 @@ class Planner:
         have_img = catalog.ids_with_vector("image", image_enc.model_id)
         have_txt = catalog.ids_with_vector("caption", text_enc.model_id)
         caps = catalog.captions_by_source(ids)  # only this run's folders, not the whole library
-        want_ocr = "ocr" in self.sources
+        want_ocr = OCR in self.sources
         for path, st in result.files:
             users = self.user_captions(path, path in result.sidecars)
             extras = name_captions(path, self.sources)
@@ -169,16 +169,16 @@ class Planner:
             old_user = compose([mine[k] for k in REREAD_USER_SOURCES if k in mine])
             new_user = compose(users)
             user_changed = (old_user.text if old_user else None) != (new_user.text if new_user else None)
-            extras_changed = {k: mine[k].text for k in ("filename", "folder") if k in mine} != {k: c.text for k, c in extras.items()}
+            extras_changed = {k: mine[k].text for k in (FILENAME, FOLDER) if k in mine} != {k: c.text for k, c in extras.items()}
             user = compose(users) if users else None
             w = Work(path, st, row.image_id, full=False, user_captions=users, extras=extras, rows=rows_changed)
-            w.ocr = want_ocr and user is None and "ocr" not in mine
-            ocr_dropped = not want_ocr and "ocr" in mine
+            w.ocr = want_ocr and user is None and OCR not in mine
+            ocr_dropped = not want_ocr and OCR in mine
             if not same_stat:
                 w.verify_hash = row.content_hash or ""
             w.detect = row.detector_model != detector.model_id
-            gen = mine.get("generated")
-            has_override = user is not None or "user-edited" in mine or "ground-truth" in mine
+            gen = mine.get(GENERATED)
+            has_override = user is not None or USER_EDITED in mine or GROUND_TRUTH in mine
             w.caption = not has_override and (gen is None or gen.model_id != captioner.model_id or w.detect)
             w.image = row.image_id not in have_img
             w.text = row.image_id not in have_txt or user_changed or w.caption or extras_changed or ocr_dropped or rule_changed

@@ -59,7 +59,7 @@ SCHEMA_VERSION = 2  # 2: never-reused id and seq counters in meta
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 # Caption sources, most trusted first, and how they combine: one home in captions.sources.
-from .captions.sources import CAPTION_PRIORITY, caption_rank, compose  # noqa: E402,F401
+from .captions.sources import CAPTION_PRIORITY, GROUND_TRUTH, caption_rank, compose  # noqa: E402,F401
 
 
 class Base(DeclarativeBase):
@@ -547,7 +547,7 @@ class Store:
                     row.width, row.height = it.width, it.height
                 s.flush()
                 if it.detections is not None:
-                    s.execute(delete(DetectionRow).where(DetectionRow.image_id == row.id, DetectionRow.model_id != "ground-truth"))
+                    s.execute(delete(DetectionRow).where(DetectionRow.image_id == row.id, DetectionRow.model_id != GROUND_TRUTH))
                     for label, score, (x1, y1, x2, y2) in it.detections:
                         s.add(DetectionRow(image_id=row.id, model_id=it.detector_model, label=label, score=score, x1=x1, y1=y1, x2=x2, y2=y2))
                     row.detector_model = it.detector_model

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..errors import ExplorerError
 from ..models.base import Caption
 from . import metadata_caption, name_captions, read_sidecar
-from .sources import SOURCES, compose
+from .sources import FILENAME, FOLDER, GENERATED, METADATA, OCR, SIDECAR, SOURCES, compose
 
 
 def _entry(src, enabled: bool, cap, details=()) -> dict:
@@ -43,13 +43,13 @@ def explain_image(image: str | os.PathLike, settings, library=None, run_models: 
     details: dict[str, list[str]] = {}
     side = read_sidecar(Path(path))
     if side:
-        found["sidecar"] = side
+        found[SIDECAR] = side
     cap, md = metadata_caption(path)
     if cap:
-        found["metadata"] = cap
-    details["metadata"] = [f"{fld} from {where}: {text}" for fld, where, text in md.parts]
+        found[METADATA] = cap
+    details[METADATA] = [f"{fld} from {where}: {text}" for fld, where, text in md.parts]
     notes.extend(md.problems)
-    found.update(name_captions(path, {"filename", "folder"}))
+    found.update(name_captions(path, {FILENAME, FOLDER}))
     if run_models:
         from ..imageio import load_image
         from ..models.registry import ModelLoader
@@ -57,13 +57,13 @@ def explain_image(image: str | os.PathLike, settings, library=None, run_models: 
         loaded = load_image(path)
         loader = library.loader if library is not None else ModelLoader(settings)
         dets = loader.get("detector").detect([loaded.image])[0]
-        found["generated"] = loader.get("captioner").caption([loaded.image], [dets])[0]
-        if "ocr" in enabled:
+        found[GENERATED] = loader.get("captioner").caption([loaded.image], [dets])[0]
+        if OCR in enabled:
             from .ocr import OcrReader
 
             o = OcrReader().read(loaded.image)
             if o.text:
-                found["ocr"] = o
+                found[OCR] = o
     used = {k: v for k, v in found.items() if k not in {s.name for s in SOURCES if s.switchable} or k in enabled}
     active = compose(used)
     weight = fusion.source_trust(active.source) if active is not None else None
