@@ -261,18 +261,23 @@ class Indexer:
                     break
             failed = False
         finally:
-            summary.cancelled = cancel.is_set()
-            emit(Progress("saving", prog.done, prog.total, prog.failed, prog.skipped, prog.elapsed))
-            try:
-                save_run(self.lib, summary)
-            except BaseException:
-                failed = True
-                raise
-            finally:
-                summary.elapsed = time.monotonic() - t0
-                self._finish_run(run_id, summary, failed)
+            self._end_run(run_id, summary, prog, emit, cancel.is_set(), t0, failed)
         emit(Progress("done", prog.done, prog.total, prog.failed, prog.skipped, prog.elapsed))
         return summary
+
+    def _end_run(self, run_id, summary: "IndexSummary", prog: "Progress", emit, cancelled: bool, t0: float, failed: bool) -> None:
+        """The end of a run, whatever stopped it (this indexer's or the Ray engine's): ``save_run``,
+        then the run record with the elapsed time; a save that fails marks the run failed."""
+        summary.cancelled = cancelled
+        emit(Progress("saving", prog.done, prog.total, prog.failed, prog.skipped, prog.elapsed))
+        try:
+            save_run(self.lib, summary)
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            summary.elapsed = time.monotonic() - t0
+            self._finish_run(run_id, summary, failed)
 
     def _decoded_batches(self, todo: list[Work], cancel: threading.Event) -> Iterator[list[Decoded]]:
         """Decode ahead in a pool, yield batches in order; the window bounds memory."""

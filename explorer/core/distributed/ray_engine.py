@@ -54,7 +54,7 @@ from ..config import Settings
 from ..errors import ExplorerError
 from ..models.base import Caption, Detection
 from ..models.registry import CAPTIONER, DETECTOR, IMAGE_ENCODER, TEXT_ENCODER
-from ..pipeline import Decoded, Indexer, IndexSummary, Progress, Work, caption_to_embed, display, resolve_roots, save_run, scan
+from ..pipeline import Decoded, Indexer, IndexSummary, Progress, Work, caption_to_embed, display, resolve_roots, scan
 
 #: the model roles (explorer.core.models.registry) in the order the pipeline runs them
 ROLES = (DETECTOR, CAPTIONER, IMAGE_ENCODER, TEXT_ENCODER)
@@ -530,16 +530,7 @@ class RayIndexer:
                             break
                 failed = False
             finally:
-                summary.cancelled = cancel.is_set()
-                emit(Progress("saving", prog.done, prog.total, prog.failed, prog.skipped, prog.elapsed))
-                try:
-                    save_run(self.lib, summary)
-                except BaseException:
-                    failed = True
-                    raise
-                finally:
-                    summary.elapsed = time.monotonic() - t0
-                    self.local._finish_run(run_id, summary, failed)
+                self.local._end_run(run_id, summary, prog, emit, cancel.is_set(), t0, failed)
             emit(Progress("done", prog.done, prog.total, prog.failed, prog.skipped, prog.elapsed))
             return summary
         finally:
