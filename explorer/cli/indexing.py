@@ -153,6 +153,11 @@ def cmd_sample_gallery(args) -> int:
     return EXIT_OK
 
 
+def add_wait_option(p) -> None:
+    """``--wait``: the one way a writing command waits for another writer instead of failing."""
+    p.add_argument("--wait", action="store_true", help="if another process is writing the library, wait for it instead of failing")
+
+
 def add_index(sub) -> None:
     s = sub.add_parser("index", help="index gallery folders (incremental, resumable)")
     s.add_argument("folders", nargs="+", metavar="FOLDER")
@@ -162,7 +167,7 @@ def add_index(sub) -> None:
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--progress", action="store_true", help="print progress lines even when stderr is not a terminal")
-    s.add_argument("--wait", action="store_true", help="if another process is writing the library, wait for it instead of failing")
+    add_wait_option(s)
     s.add_argument("--follow-symlinks", action="store_true",
                    help="also index files that symlinks inside the folders point to elsewhere (default: skip them)")
     g = s.add_argument_group("distributed indexing (optional extra [scale]; see README, Scaling out)")
@@ -179,7 +184,7 @@ def add_check(sub) -> None:
     s = sub.add_parser("check", help="check and repair the library (database vs indices)")
     add_library_and_model_options(s)
     s.add_argument("--full", action="store_true", help="SQLite integrity_check and compare every index vector (slower)")
-    s.add_argument("--wait", action="store_true", help="if another process is writing the library, wait for it")
+    add_wait_option(s)
     s.set_defaults(func=cmd_check)
 
 
@@ -187,7 +192,7 @@ def add_whiten(sub) -> None:
     s = sub.add_parser("whiten", help="fit the whitening of image vectors on this library (PCA; learned whitening with --gt)")
     add_library_and_model_options(s)
     s.add_argument("--gt", metavar="SPEC", help="ground-truth labels for supervised learned whitening (folders:DIR, csv:FILE, ...)")
-    s.add_argument("--wait", action="store_true", help="if another process is writing the library, wait for it")
+    add_wait_option(s)
     s.set_defaults(func=cmd_whiten)
 
 
