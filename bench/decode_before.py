@@ -1,11 +1,11 @@
-"""The previous round's ``load_image`` (before the decode was made cheaper), kept verbatim as the
-baseline that ``bench/decode_speed.py`` times against the current one and that
+"""The previous round's ``load_image`` (before the decode was made cheaper), its decode steps kept
+verbatim (the file checks and error messages shortened), as the baseline that ``bench/decode_speed.py`` times against the current one and that
 ``tests/test_decode_fast.py`` compares pixels and image vectors with.
 
 It differs from ``explorer.core.imageio.load_image`` only in the decode steps: JPEG draft mode
 asked for an 800 x 800 box (so a 2000 x 1500 photo was decoded at full size), the EXIF transpose
 and the RGB conversion each copied the full decoded image, and the resize to the working size
-came last. The checks and errors are the same code.
+came last. Only the decode steps matter here; use ``load_image`` for anything else.
 """
 
 from __future__ import annotations
