@@ -7,9 +7,12 @@ calls (``detect``, ``caption``, ``embed_images``, ``embed_texts``), ``load_image
 ``content_hash`` (in the decode pool), the per-batch ``_commit`` (SQLite), ``plan`` and the end of
 run (``save_run``: index sync, whitening, agreement). The inference engines' own worker threads
 are not in the per-part CPU figures (only in the process total), so the model parts are a lower
-bound and everything else is exact. Also splits ``load_image`` into its steps per format.
+bound and everything else is exact. Also times ``load_image`` against the previous decode
+(``bench/decode_before.py``) on the same files, interleaved, splits it into its steps per format,
+and prints the non-model share the run would have had with the previous decode.
 
     .venv/bin/python bench/index_cpu_parts.py --n 96
+    .venv/bin/python bench/index_cpu_parts.py --n 96 --decode previous   # the pipeline with the previous decode
 """
 
 from __future__ import annotations
@@ -32,36 +35,35 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from index_throughput import image_files, make_photos  # noqa: E402
 
 
-def decode_steps(files: list[Path]) -> dict[str, dict[str, float]]:
-    """CPU ms per image of ``load_image`` and of its steps, per file type (one thread)."""
-    from PIL import Image, ImageOps
+def decode_steps(files: list[Path], rounds: int = 3) -> dict[str, dict[str, float]]:
+    """CPU ms per image of ``load_image``, of the previous decode (``decode_before.py``) timed on
+    the same files interleaved with it, and of the current decode's steps, per file type (one thread)."""
+    from PIL import Image
 
-    from explorer.core.imageio import WORK_SIDE, load_image
+    from decode_before import load_image_before
+    from explorer.core.imageio import _TRANSPOSE, WORK_SIDE, _working_rgb, load_image
 
     out = {}
     for ext in sorted({f.suffix.lower() for f in files}):
         sub = [f for f in files if f.suffix.lower() == ext]
         t = defaultdict(float)
+        for r in range(rounds):
+            for f in sub:
+                for name, fn in ((("load_image", load_image), ("previous load_image", load_image_before))[::1 if r % 2 else -1]):
+                    c = time.process_time()
+                    fn(f)
+                    t[name] += time.process_time() - c
         for f in sub:
-            c = time.process_time()
-            load_image(f)
-            t["load_image"] += time.process_time() - c
             with Image.open(f) as im:
                 c = time.process_time()
                 if im.format == "JPEG":
                     im.draft("RGB", (WORK_SIDE, WORK_SIDE))
                 im.load()
-                t["open + decode"] += time.process_time() - c
+                t["open + decode"] += (time.process_time() - c) * rounds
                 c = time.process_time()
-                a = ImageOps.exif_transpose(im)
-                t["exif_transpose (a copy)"] += time.process_time() - c
-                c = time.process_time()
-                b = a.copy()
-                t["RGB copy"] += time.process_time() - c
-                c = time.process_time()
-                b.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.BILINEAR)
-                t["thumbnail to 800"] += time.process_time() - c
-        out[f"{ext} ({len(sub)})"] = {k: v / len(sub) * 1000 for k, v in t.items()}
+                _working_rgb(im, WORK_SIDE, _TRANSPOSE.get(im.getexif().get(0x0112, 1)))
+                t["resize, turn upright, RGB"] += (time.process_time() - c) * rounds
+        out[f"{ext} ({len(sub)})"] = {k: v / len(sub) / rounds * 1000 for k, v in t.items()}
     return out
 
 
@@ -70,6 +72,8 @@ def main(argv=None) -> int:
     ap.add_argument("--folder", type=Path)
     ap.add_argument("--n", type=int, default=96)
     ap.add_argument("--engine", default="auto", choices=("auto", "torch", "onnx", "openvino"))
+    ap.add_argument("--decode", default="current", choices=("current", "previous"),
+                    help="the pipeline decodes with load_image (current) or the previous decode (bench/decode_before.py)")
     args = ap.parse_args(argv)
 
     from explorer.core import pipeline
@@ -102,6 +106,10 @@ def main(argv=None) -> int:
         settings = Settings(library=str(tmp / "lib"), engine=args.engine)
         loader = ModelLoader(settings)
         det, cap, im, tx = (loader.get(r) for r in ("detector", "captioner", "image", "text"))
+        if args.decode == "previous":
+            from decode_before import load_image_before
+
+            pipeline.load_image = load_image_before
         for obj, name, key in ((pipeline, "content_hash", "hash (decode pool)"), (pipeline, "load_image", "decode (decode pool)"),
                                (Indexer, "_commit", "commit (SQLite)"), (Indexer, "plan", "plan"),
                                (pipeline, "save_run", "end of run (save_run)"),
@@ -117,14 +125,26 @@ def main(argv=None) -> int:
         total_cpu, total_wall = time.process_time() - c0, time.perf_counter() - t0
         lib.close()
         n = max(1, summary.indexed)
-        print(f"{summary.indexed} images, load average {os.getloadavg()[0]:.1f}: {total_wall:.1f} s wall, "
+        print(f"decode: {args.decode}; {summary.indexed} images, load average {os.getloadavg()[0]:.1f}: {total_wall:.1f} s wall, "
               f"process CPU {total_cpu / n * 1000:.0f} ms per image")
         print(f"  {'part':26s} {'CPU ms/img':>10s} {'wall ms/img':>11s}")
         for k in sorted(cpu, key=lambda k: -cpu[k]):
             print(f"  {k:26s} {cpu[k] / n * 1000:10.1f} {wall[k] / n * 1000:11.1f}")
-        print("load_image steps, CPU ms per image (one thread):")
-        for fmt, steps in decode_steps(image_files(folder)).items():
-            print(f"  {fmt}: " + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()))
+        print("load_image vs the previous decode (interleaved, same files) and its steps, CPU ms per image (one thread):")
+        steps = decode_steps(image_files(folder))
+        for fmt, st in steps.items():
+            print(f"  {fmt}: " + ", ".join(f"{k} {v:.1f}" for k, v in st.items()))
+        # what the run's non-model share would have been with the previous decode (same files, same run)
+        count = {fmt: int(fmt.split("(")[1].rstrip(")")) for fmt in steps}
+        per_img = {k: sum(st[k] * count[f] for f, st in steps.items()) / sum(count.values())
+                   for k in ("load_image", "previous load_image")}
+        # the measured parts besides the models (exact; the models' figure is only a lower bound)
+        other = sum(v for k, v in cpu.items() if not k.startswith("model:")) / n * 1000
+        total = total_cpu / n * 1000
+        extra = per_img["previous load_image"] - per_img["load_image"]
+        print(f"decode per image (this mix): {per_img['load_image']:.1f} ms now vs {per_img['previous load_image']:.1f} ms "
+              f"with the previous decode; measured parts besides the models {other:.1f} ms = {other / total:.1%} of the "
+              f"process CPU now, {(other + extra) / (total + extra):.1%} with the previous decode")
     return 0
 
 

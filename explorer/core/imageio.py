@@ -4,17 +4,21 @@ Every decode goes through ``load_image`` so that the same rules hold everywhere:
 orientation applied, first frame of animations, RGB output, a bound on pixel count against
 decompression bombs, and a ``BadImage`` with a short reason for anything that is not a
 readable image. Large images are decoded at reduced size (JPEG draft mode) because every
-model here works at 224-800 px; ``LoadedImage.scale`` maps boxes back to original pixels.
+model here works at 224-800 px; ``LoadedImage.scale`` maps boxes back to original pixels. RGB and
+greyscale images are resized to the working size straight from the decoder's buffer, before they
+are turned upright and made RGB, so no full-size copy is made (the pixels are those of
+transpose-then-resize up to rounding; ``tests/test_decode_fast.py``).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .errors import BadImage
 
@@ -79,7 +83,7 @@ def load_image(path: str | os.PathLike, max_side: int | None = WORK_SIDE) -> Loa
                     im.draft("RGB", (max_side, max_side))
                 im.load()
                 orientation = im.getexif().get(0x0112, 1)
-                rgb = _to_rgb(ImageOps.exif_transpose(im))
+                rgb = _working_rgb(im, max_side, _TRANSPOSE.get(orientation))
     except BadImage:
         raise
     except PermissionError:
@@ -94,9 +98,56 @@ def load_image(path: str | os.PathLike, max_side: int | None = WORK_SIDE) -> Loa
         raise BadImage(f"corrupt image ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'no details'})") from None
     if orientation in (5, 6, 7, 8):
         w, h = h, w
-    if max_side and max(rgb.size) > max_side:
-        rgb.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
     return LoadedImage(rgb, w, h)
+
+
+#: EXIF orientation -> the transpose that shows the image upright (as ``ImageOps.exif_transpose``).
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _fit(w: int, h: int, side: int) -> tuple[int, int]:
+    """The size ``Image.thumbnail((side, side))`` gives a ``w`` x ``h`` image (aspect kept, same rounding)."""
+    if w <= side and h <= side:
+        return w, h
+    aspect = w / h
+    if aspect <= 1:  # the height is the long side
+        return max(min(math.floor(side * aspect), math.ceil(side * aspect), key=lambda n: abs(aspect - n / side)), 1), side
+    return side, max(min(math.floor(side / aspect), math.ceil(side / aspect),
+                         key=lambda n: 0 if n == 0 else abs(aspect - side / n)), 1)
+
+
+def _working_rgb(im: Image.Image, max_side: int | None, transpose: Image.Transpose | None) -> Image.Image:
+    """The decoded ``im`` as an upright RGB image with longest side <= ``max_side``, in as few passes as can be.
+
+    RGB and greyscale images are resized first and then turned upright and converted, so the
+    transpose and the conversion touch the small image; every other mode (alpha, palette, 16-bit,
+    CMYK...) is converted first, as before. The resize is the one ``Image.thumbnail`` does
+    (bilinear, ``reducing_gap`` 2), to the same size; it returns a new image, so no copy is made
+    of the file's pixels before it. Up to rounding, the result is that of
+    ``_to_rgb(ImageOps.exif_transpose(im)).thumbnail(...)``.
+    """
+    small = im if im.mode in ("RGB", "L") else _to_rgb(im)
+    if max_side and max(small.size) > max_side:
+        w, h = small.size
+        if transpose in (Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270, Image.Transpose.TRANSVERSE,
+                         Image.Transpose.ROTATE_90):
+            size = _fit(h, w, max_side)[::-1]  # the size the upright image gets, in the stored orientation
+        else:
+            size = _fit(w, h, max_side)
+        small = small.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    if transpose is not None:
+        small = small.transpose(transpose)
+    if small.mode == "L":
+        return small.convert("RGB")
+    return small.copy() if small is im else small
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

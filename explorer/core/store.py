@@ -525,12 +525,15 @@ class Store:
 
     def write_index_batch(self, items: list[IndexedImage]) -> None:
         """Write one indexing batch in one transaction: each image's row, boxes, captions and vectors
-        together (a kill leaves every image fully written or untouched). New vectors get fresh seqs."""
+        together (a kill leaves every image fully written or untouched). New vectors get fresh seqs.
+        A row created here has no boxes, captions or vectors yet (they cascade with their image), so
+        nothing is looked up or deleted for it (no query per child, no autoflush between them)."""
         with self.Session.begin() as s:
             seq = self.next_seq(s)
             for it in items:
                 row = s.get(ImageRow, it.image_id) if it.image_id is not None else None
-                if row is None:
+                new = row is None
+                if new:
                     row = ImageRow(path_key=it.path_key, path=it.path, folder=it.folder)
                     s.add(row)
                 row.size, row.mtime_ns = it.size, it.mtime_ns
@@ -547,20 +550,23 @@ class Store:
                     row.width, row.height = it.width, it.height
                 s.flush()
                 if it.detections is not None:
-                    s.execute(delete(DetectionRow).where(DetectionRow.image_id == row.id, DetectionRow.model_id != GROUND_TRUTH))
+                    if not new:
+                        s.execute(delete(DetectionRow).where(DetectionRow.image_id == row.id, DetectionRow.model_id != GROUND_TRUTH))
                     for label, score, (x1, y1, x2, y2) in it.detections:
                         s.add(DetectionRow(image_id=row.id, model_id=it.detector_model, label=label, score=score, x1=x1, y1=y1, x2=x2, y2=y2))
                     row.detector_model = it.detector_model
                 for source, text_, model_id, confidence in it.captions:
-                    existing = s.scalar(select(CaptionRow).where(CaptionRow.image_id == row.id, CaptionRow.source == source))
+                    existing = None if new else s.scalar(select(CaptionRow).where(CaptionRow.image_id == row.id, CaptionRow.source == source))
                     if existing is None:
                         s.add(CaptionRow(image_id=row.id, source=source, text=text_, model_id=model_id, confidence=confidence))
                     else:
                         existing.text, existing.model_id, existing.confidence = text_, model_id, confidence
-                s.execute(delete(CaptionRow).where(CaptionRow.image_id == row.id, CaptionRow.source.in_(it.drop_sources)))
+                if not new:
+                    s.execute(delete(CaptionRow).where(CaptionRow.image_id == row.id, CaptionRow.source.in_(it.drop_sources)))
                 for kind, model_id, vec in it.vectors:
                     v = np.ascontiguousarray(vec, np.float32)
-                    existing = s.scalar(select(VectorRow).where(VectorRow.image_id == row.id, VectorRow.kind == kind, VectorRow.model_id == model_id))
+                    existing = None if new else s.scalar(select(VectorRow).where(
+                        VectorRow.image_id == row.id, VectorRow.kind == kind, VectorRow.model_id == model_id))
                     if existing is None:
                         s.add(VectorRow(image_id=row.id, kind=kind, model_id=model_id, dim=v.size, data=v.tobytes(), seq=seq))
                     else:
