@@ -116,15 +116,10 @@ def pca(X: np.ndarray, n_components: int = 2, chunk: int = 16384, fit_rows: int 
 
 def _one_blas_thread():
     """LAPACK on small matrices with one thread: on a busy 2-core machine the threaded eigh/qr
-    spent 13 s spinning where one thread took 1 s (bench/views_speed.py). No-op without threadpoolctl."""
-    try:
-        from threadpoolctl import threadpool_limits
+    spent 13 s spinning where one thread took 1 s (bench/views_speed.py)."""
+    from .blas import one_thread
 
-        return threadpool_limits(1, user_api="blas")
-    except ImportError:
-        import contextlib
-
-        return contextlib.nullcontext()
+    return one_thread()
 
 
 def _top_eigenvectors(C: np.ndarray, k: int, seed: int = 0, exact_dims: int = 256, iters: int = 12) -> np.ndarray:

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 from . import fusion
 from . import rerank as rr
+from .blas import single_threaded
 from .errors import BadImage, BadQuery
 from .imageio import load_image
 from .library import Library
@@ -310,7 +311,10 @@ class Searcher:
         """Gather candidates from every index, then their exact cosines for every mode, from the
         in-memory gallery. ``pq`` is not changed: the pool's ``query`` is ``pq`` with the caption
         weight of an outside image (its agreement with this library) and the learned vector."""
-        gal = self.gallery()
+        return self._candidate_pool(self.gallery(), pq, k)  # a (re)load of the gallery keeps every BLAS thread
+
+    @single_threaded  # small products: one BLAS thread never waits for a second (core.blas)
+    def _candidate_pool(self, gal: GalleryArrays, pq: PreparedQuery, k: int) -> "CandidatePool":
         t0 = time.perf_counter()
         pool_k = max(POOL_MIN, 4 * k)
         ids: set[int] = set()
@@ -433,6 +437,7 @@ class Searcher:
         pool = self.candidate_pool(self.prepare(spec), k)
         return self.rank_all(pool.query, pool, modes, k, alpha, rerank)
 
+    @single_threaded  # runs on the window's GUI thread: no waiting for a second BLAS thread (core.blas)
     def rank_all(self, pq: PreparedQuery, pool: "CandidatePool", modes, k: int, alpha: float, rerank: str = "none") -> SearchResult:
         """Rank every mode; the result's ``query`` is the pool's (with its caption weight)."""
         pq = pool.query
