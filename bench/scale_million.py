@@ -24,15 +24,23 @@ bench prints real vs generated statistics at equal size, and the recall@10 of th
 projection on real and on generated vectors at that size: the property the reduced index relies
 on). Its neighbourhoods are *looser* than real ones at equal size (nearest-neighbour cosine about
 0.78 vs 0.85: real galleries hold near-duplicates, a Gaussian has none), which makes ANN search
-harder, not easier. Recall is reported for the 200 **real** held-out queries and for 200 generated
-held-out queries, against exact brute force (numpy, full 1280-d vectors) over the generated gallery.
+harder, not easier. Recall is reported for the 200 **real** held-out queries (the *test* queries)
+and for 200 generated held-out queries, against exact brute force (numpy, full 1280-d vectors) over
+the generated gallery.
+
+**Validation** (``--val``): image vectors of indexed libraries of *other* real images (e.g.
+``/tmp/m-val``: 200 Fashion-MNIST test images not in ``/tmp/m-fm`` and 200 Adwaita icons) are
+further queries with their own exact top-10. The reduced store's candidate count is chosen on them
+only, by a rule fixed before any run: over :data:`GRID` (ef = ``reduced.CANDIDATE_EF`` x
+candidates), the fewest candidates whose validation recall@10 reaches :data:`TARGET`
+(:func:`select_candidates`); the test and generated recall at that row are then reported, not used.
 
 Per backend, as ``bench/scale_memory.py`` does, in child processes (``--threads`` build threads):
 a **build** child adds the vectors in chunks of 50,000 and saves the store (progress lines with
 rate and ETA), then a fresh **measure** child loads it and reports VmRSS / RssAnon / RssFile of
 itself and its children before and after loading and after the queries, recall@10 (ef = the
-library's default 128; the reduced index re-scores its top 100 candidates exactly, found with
-ef = 4 x 100; then a sweep of candidates and ef) and the
+library's default 128; the reduced index re-scores its top ``reduced.MIN_CANDIDATES`` candidates
+exactly, found with ef = ``CANDIDATE_EF`` x candidates; then every row of :data:`GRID`) and the
 median ms per query (one query at a time, one thread). Each backend's files are deleted before
 the next starts. A build that passes ``--budget-min`` minutes, or leaves less than
 ``--min-free-gib`` of memory available, stops at a chunk boundary; that backend is then measured at
@@ -44,6 +52,7 @@ after every backend, so a long run that is stopped keeps what it finished.
 
     nice -n 10 .venv/bin/python bench/scale_million.py --n 100000 --json /tmp/s100k.json
     nice -n 10 .venv/bin/python bench/scale_million.py --json /tmp/s1m.json 2> /tmp/s1m.log
+    nice -n 10 .venv/bin/python bench/scale_million.py --backends hnswlib-pca256 --val /tmp/m-val --json /tmp/v1m.json
 """
 
 from __future__ import annotations
