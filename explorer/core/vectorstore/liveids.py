@@ -110,27 +110,30 @@ class LiveIds(Set):
         return f"LiveIds({self._n} ids)"
 
     # -- changing --------------------------------------------------------------------------------------
+    # the count is recounted over the bitmap (~30 us at 1M ids): cheaper than de-duplicating the ids
     def update(self, ids) -> None:
-        a = np.unique(_as_ids(ids))
+        a = _as_ids(ids)
         if not len(a):
             return
-        if a[0] < 0:
-            raise ValueError(f"negative id {int(a[0])}")
-        if a[-1] >= len(self._bits):
-            grown = np.zeros(max(int(a[-1]) + 1, int(len(self._bits) * 1.5)), np.bool_)
+        lo, hi = int(a.min()), int(a.max())
+        if lo < 0:
+            raise ValueError(f"negative id {lo}")
+        if hi >= len(self._bits):
+            grown = np.zeros(max(hi + 1, int(len(self._bits) * 1.5)), np.bool_)
             grown[:len(self._bits)] = self._bits
             self._bits = grown
-        self._n += int(np.count_nonzero(~self._bits[a]))
         self._bits[a] = True
+        self._n = int(np.count_nonzero(self._bits))
 
     def add(self, i) -> None:
         self.update([int(i)])
 
     def difference_update(self, ids) -> None:
-        a = np.unique(_as_ids(ids))
+        a = _as_ids(ids)
         a = a[(a >= 0) & (a < len(self._bits))]
-        self._n -= int(np.count_nonzero(self._bits[a]))
-        self._bits[a] = False
+        if len(a):
+            self._bits[a] = False
+            self._n = int(np.count_nonzero(self._bits))
 
     def discard(self, i) -> None:
         self.difference_update([int(i)])
