@@ -6,7 +6,8 @@ largest one (1 MiB at 1M) holds the same information. :class:`LiveIds` is a read
 ``collections.abc.Set`` (``in``, ``len``, iteration in ascending order, ``==``, ``-``, ``&`` with
 plain sets) with the mutating methods the stores use (``update``, ``discard``,
 ``difference_update``), and ``ids()``: the members as a sorted int64 array without building a list.
-Negative ids are refused (``ValueError``): no store gives them out.
+Negative ids are refused (``ValueError``): no store gives them out. Like the reduced store's
+full-vector file (row = id), the bitmap assumes dense ids (SQLite row ids): its size follows the largest.
 """
 
 from __future__ import annotations
@@ -42,10 +43,9 @@ class LiveIds(Set):
 
     # -- reading -------------------------------------------------------------------------------------
     def __contains__(self, i) -> bool:
-        try:
-            i = int(i)
-        except (TypeError, ValueError):
+        if not isinstance(i, (int, np.integer)):
             return False
+        i = int(i)
         return 0 <= i < len(self._bits) and bool(self._bits[i])
 
     def __len__(self) -> int:
