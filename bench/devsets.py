@@ -4,6 +4,9 @@ Two real, labelled, visible sets that every figure in the README is tuned and me
 
 - ``fmnist``: Fashion-MNIST test images from Debian's ``dataset-fashion-mnist`` (MIT), one
   folder per class (``explorer.core.samples.make_fashion_mnist``). No human captions.
+- ``adwaita``: icons of the installed Adwaita theme (``/usr/share/icons/Adwaita/96x96``, context
+  folders except ``apps``), ``--n`` evenly picked, scaled to 128 px and composited on white like the
+  oxygen set: *other* images for validation queries (``bench/scale_million.py --val``).
 - ``icons``: Debian's ``oxygen-icon-theme`` (LGPL), 128 px PNGs composited on white. Label = the
   freedesktop context folder (actions, apps, categories, devices, emotes, mimetypes, places,
   status); the file keeps the icon's name (``document-save-as.png``), and ``captions.json``
@@ -19,6 +22,8 @@ Usage::
 
     python bench/devsets.py icons bench/out/icons [--max-per-label 120]
     python bench/devsets.py fmnist bench/out/fmnist [--per-class 100]
+    python bench/devsets.py fmnist /tmp/val-src/fmnist --per-class 20 --offset 200   # not in /tmp/m-fm
+    python bench/devsets.py adwaita /tmp/val-src/adwaita --n 200
 """
 
 from __future__ import annotations
@@ -87,6 +92,24 @@ def make_icons(out: str | Path, max_per_label: int | None = None, cache: Path = 
     return out
 
 
+def make_adwaita(out: str | Path, n: int = 200, theme: Path = Path("/usr/share/icons/Adwaita/96x96")) -> Path:
+    """Write ``n`` Adwaita icons (evenly over the sorted files) as ``out/<context>/<name>.png``, 128 px on white."""
+    files = sorted(p for p in theme.glob("*/*.png") if p.parent.name != "apps")
+    if not files:
+        raise SystemExit(f"no Adwaita icons in {theme}: apt-get install adwaita-icon-theme")
+    out = Path(out)
+    for src in _evenly(files, n):
+        d = out / src.parent.name
+        d.mkdir(parents=True, exist_ok=True)
+        target = d / src.name
+        if not target.exists():
+            with Image.open(src) as im:
+                rgba = im.convert("RGBA").resize((128, 128), Image.BICUBIC)
+            bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            Image.alpha_composite(bg, rgba).convert("RGB").save(target)
+    return out
+
+
 def make_fmnist(out: str | Path, per_class: int = 100, offset: int = 0) -> Path:
     from explorer.core.samples import make_fashion_mnist
 
@@ -103,9 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("out")
     b.add_argument("--per-class", type=int, default=100)
     b.add_argument("--offset", type=int, default=0)
+    c = sub.add_parser("adwaita", help="installed Adwaita icons (other images, for validation queries)")
+    c.add_argument("out")
+    c.add_argument("--n", type=int, default=200)
     args = ap.parse_args(argv)
     if args.set == "icons":
         out = make_icons(args.out, args.max_per_label)
+    elif args.set == "adwaita":
+        out = make_adwaita(args.out, args.n)
     else:
         out = make_fmnist(args.out, args.per_class, args.offset)
     n = sum(1 for _ in Path(out).rglob("*.png"))

@@ -24,15 +24,23 @@ bench prints real vs generated statistics at equal size, and the recall@10 of th
 projection on real and on generated vectors at that size: the property the reduced index relies
 on). Its neighbourhoods are *looser* than real ones at equal size (nearest-neighbour cosine about
 0.78 vs 0.85: real galleries hold near-duplicates, a Gaussian has none), which makes ANN search
-harder, not easier. Recall is reported for the 200 **real** held-out queries and for 200 generated
-held-out queries, against exact brute force (numpy, full 1280-d vectors) over the generated gallery.
+harder, not easier. Recall is reported for the 200 **real** held-out queries (the *test* queries)
+and for 200 generated held-out queries, against exact brute force (numpy, full 1280-d vectors) over
+the generated gallery.
+
+**Validation** (``--val``): image vectors of indexed libraries of *other* real images (e.g.
+``/tmp/m-val``: 200 Fashion-MNIST test images not in ``/tmp/m-fm`` and 200 Adwaita icons) are
+further queries with their own exact top-10. The reduced store's candidate count is chosen on them
+only, by a rule fixed before any run: over :data:`GRID` (ef = ``reduced.CANDIDATE_EF`` x
+candidates), the fewest candidates whose validation recall@10 reaches :data:`TARGET`
+(:func:`select_candidates`); the test and generated recall at that row are then reported, not used.
 
 Per backend, as ``bench/scale_memory.py`` does, in child processes (``--threads`` build threads):
 a **build** child adds the vectors in chunks of 50,000 and saves the store (progress lines with
 rate and ETA), then a fresh **measure** child loads it and reports VmRSS / RssAnon / RssFile of
 itself and its children before and after loading and after the queries, recall@10 (ef = the
-library's default 128; the reduced index re-scores its top 100 candidates exactly, found with
-ef = 4 x 100; then a sweep of candidates and ef) and the
+library's default 128; the reduced index re-scores its top ``reduced.MIN_CANDIDATES`` candidates
+exactly, found with ef = ``CANDIDATE_EF`` x candidates; then every row of :data:`GRID`) and the
 median ms per query (one query at a time, one thread). Each backend's files are deleted before
 the next starts. A build that passes ``--budget-min`` minutes, or leaves less than
 ``--min-free-gib`` of memory available, stops at a chunk boundary; that backend is then measured at
@@ -44,6 +52,7 @@ after every backend, so a long run that is stopped keeps what it finished.
 
     nice -n 10 .venv/bin/python bench/scale_million.py --n 100000 --json /tmp/s100k.json
     nice -n 10 .venv/bin/python bench/scale_million.py --json /tmp/s1m.json 2> /tmp/s1m.log
+    nice -n 10 .venv/bin/python bench/scale_million.py --backends hnswlib-pca256 --val /tmp/m-val --json /tmp/v1m.json
 """
 
 from __future__ import annotations
@@ -73,9 +82,12 @@ from scale_memory import rss_tree  # noqa: E402
 DIM = 1280
 K = 10
 CHUNK = 50_000
-#: (candidates re-scored, ef passed to search) tried after the shipped setting, reduced backends only
-#: (the store's projected index searches with at least ``reduced.CANDIDATE_EF`` x candidates)
-SWEEP = ((100, 400), (200, 400), (400, 800), (1000, 1000))
+#: candidates re-scored, tried after the shipped setting (reduced backends only); the projected index
+#: searches each with its own beam, ``ef = reduced.CANDIDATE_EF x candidates``
+GRID = (100, 200, 400, 1000)
+#: the selection rule, fixed before any run: the smallest grid value whose recall@10 on the
+#: *validation* queries reaches TARGET; the test (real held-out) queries only report what it gives
+TARGET = 0.95
 #: bump when the generator changes, so that a kept work folder is not reused
 GENERATOR_VERSION = 1
 T0 = time.monotonic()
@@ -174,6 +186,13 @@ def projected_recall(gallery: np.ndarray, queries: np.ndarray, r: int = 256) -> 
     exact = np.argsort(-(queries @ gallery.T), axis=1)[:, :K]
     proj = np.argsort(-((queries @ p.T) @ (gallery @ p.T).T), axis=1)[:, :K]
     return float(np.mean([len(set(a) & set(b)) / K for a, b in zip(exact, proj)]))
+
+
+def select_candidates(rows: list[dict], target: float = TARGET, key: str = "recall_val") -> dict | None:
+    """The grid row the selection rule picks: the fewest ``candidates`` whose ``key`` recall reaches
+    ``target``; None when no row does (then nothing new is shipped)."""
+    ok = [r for r in rows if r.get(key) is not None and r[key] >= target]
+    return min(ok, key=lambda r: r["candidates"]) if ok else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,8 +323,9 @@ def child_measure(args) -> None:
         raise SystemExit(f"load failed: {reason}")
     after_load = rss_tree()
     out = {"load_s": load_s, "n": len(st)}
+    names = [name for name in ("real", "generated", "val") if name in q.files]
     times = []
-    for name in ("real", "generated"):
+    for name in names:
         hits = 0
         for v, tr in zip(q[name], truth[name]):
             t = time.perf_counter()
@@ -315,28 +335,36 @@ def child_measure(args) -> None:
         out[f"recall_{name}"] = hits / (K * len(truth[name]))
     after_q = rss_tree()
     if args.backend.startswith("hnswlib-pca"):
-        # how recall depends on the candidates re-scored and on the projected index's ef
+        # how recall depends on the candidates re-scored (each with the store's own beam, CANDIDATE_EF x candidates)
         import explorer.core.vectorstore.reduced as reduced
 
         shipped = reduced.MIN_CANDIDATES
-        out["sweep"] = []
-        for cand, ef in SWEEP:
+        out["shipped_candidates"], out["candidate_ef"] = shipped, reduced.CANDIDATE_EF
+        out["grid"] = []
+        for cand in GRID:
             reduced.MIN_CANDIDATES = cand
-            row = {"candidates": cand, "ef": ef}
+            row = {"candidates": cand, "ef": max(st.ef, reduced.CANDIDATE_EF * cand)}
             ts = []
-            for name in ("real", "generated"):
+            for name in names:
                 hits = 0
                 for v, tr in zip(q[name], truth[name]):
                     t = time.perf_counter()
-                    got = st.search(v, K, ef)[0]
+                    got = st.search(v, K)[0]
                     ts.append(time.perf_counter() - t)
                     hits += len(set(got.tolist()) & set((tr + 1).tolist()))
                 row[f"recall_{name}"] = hits / (K * len(truth[name]))
             row["ms_per_query"] = 1000 * float(np.median(ts))
-            out["sweep"].append(row)
-            log(f"  [{args.backend} sweep] {cand} candidates, ef {ef}: recall@10 real {row['recall_real']:.4f}, "
-                f"generated {row['recall_generated']:.4f}; {row['ms_per_query']:.2f} ms/query")
+            out["grid"].append(row)
+            log(f"  [{args.backend} grid] {cand} candidates, ef {row['ef']}: recall@10 "
+                + ", ".join(f"{name} {row['recall_' + name]:.4f}" for name in names) + f"; {row['ms_per_query']:.2f} ms/query")
         reduced.MIN_CANDIDATES = shipped
+        if "val" in names:
+            pick = select_candidates(out["grid"])
+            out["selected"] = pick
+            log(f"  [{args.backend} selection] " + (
+                f"fewest candidates with validation recall@10 >= {TARGET}: {pick['candidates']} (test real "
+                f"{pick['recall_real']:.4f}, generated {pick['recall_generated']:.4f}, {pick['ms_per_query']:.2f} ms/query)"
+                if pick else f"no grid row reaches validation recall@10 {TARGET}"))
     out.update({"ms_per_query": 1000 * float(np.median(times)), "ms_p90": 1000 * float(np.percentile(times, 90)),
                 "before": before, "after_load": after_load, "after_queries": after_q,
                 "disk_bytes": sum(f.stat().st_size for f in (work / args.backend).rglob("*") if f.is_file())})
@@ -361,6 +389,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--backends", default="hnswlib-pca256,hnswlib,milvus")
     ap.add_argument("--real", default="/tmp/m-fm,/tmp/m-ic", help="indexed libraries whose image vectors seed the generator")
+    ap.add_argument("--val", default="", help="indexed libraries of *other* real images (e.g. /tmp/m-val): validation "
+                    "queries, on which the candidate count is selected (rule: GRID, TARGET)")
+    ap.add_argument("--keep-stores", action="store_true", help="keep each backend's built store in the work folder "
+                    "(with --keep-work: to load it again, e.g. with another version of the code)")
     ap.add_argument("--components", type=int, default=64)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2, help="hnswlib build threads per backend")
@@ -393,6 +425,14 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     perm = rng.permutation(len(real))
     q_real, fit = real[perm[:args.queries]], real[perm[args.queries:]]
+    q_val = real_vectors(args.val.split(",")) if args.val else None
+    if q_val is not None:
+        # the validation images must be other images than those seeding the generator and the test queries
+        closest = float((q_val @ real.T).max())
+        log(f"validation queries: {len(q_val)} real vectors; highest cosine to any generator/test vector {closest:.4f}")
+        if closest > 0.9999:
+            raise SystemExit("a validation vector duplicates a vector of --real: use other images")
+        results["val_closest_cos"] = closest
     t = time.perf_counter()
     gen = FittedMixture(fit, args.components, args.seed)
     log(f"generator fitted on {len(fit)} real vectors in {time.perf_counter() - t:.0f} s: PCA span {gen.basis.shape[0]} "
@@ -432,11 +472,12 @@ def main() -> None:
                     log(f"generated {min(args.n, s + CHUNK):,}/{args.n:,}")
             data.flush()
             q_gen = gen.sample(args.queries, np.random.default_rng(args.seed + 2))
-            np.savez(work / "queries.npz", real=q_real, generated=q_gen)
             for f in work.glob("truth-*.npz"):
                 f.unlink()
             (work / "stamp.json").write_text(json.dumps(stamp))
             log(f"{args.n:,} vectors generated in {time.perf_counter() - t:.0f} s ({data.nbytes / 2 ** 30:.2f} GiB)")
+        queries = {"real": q_real, "generated": q_gen, **({"val": q_val} if q_val is not None else {})}
+        np.savez(work / "queries.npz", **queries)
         truths: dict[int, float] = {}
         truth_lock, results_lock = threading.Lock(), threading.Lock()
 
@@ -444,15 +485,19 @@ def main() -> None:
             with truth_lock:
                 if n in truths:
                     return
-                if reuse and (work / f"truth-{n}.npz").exists():
-                    truths[n] = float("nan")
-                    log(f"exact top-{K} over {n:,} vectors reused")
-                    return
+                path = work / f"truth-{n}.npz"
+                if reuse and path.exists():  # reused only for the very same queries
+                    old = np.load(path)
+                    if all(f"q_{name}" in old.files and np.array_equal(old[f"q_{name}"], qs) for name, qs in queries.items()):
+                        truths[n] = float("nan")
+                        log(f"exact top-{K} over {n:,} vectors reused")
+                        return
                 t = time.perf_counter()
-                tr = {name: exact_topk(data, qs, n) for name, qs in (("real", q_real), ("generated", q_gen))}
-                np.savez(work / f"truth-{n}.npz", **tr)
-                truths[n] = 1000 * (time.perf_counter() - t) / (2 * args.queries)
-                log(f"exact top-{K} over {n:,} vectors for {2 * args.queries} queries: {truths[n]:.1f} ms/query (batched)")
+                tr = {name: exact_topk(data, qs, n) for name, qs in queries.items()}
+                np.savez(path, **tr, **{f"q_{name}": qs for name, qs in queries.items()})
+                nq = sum(len(qs) for qs in queries.values())
+                truths[n] = 1000 * (time.perf_counter() - t) / nq
+                log(f"exact top-{K} over {n:,} vectors for {nq} queries: {truths[n]:.1f} ms/query (batched)")
 
         truth_for(args.n)
         # one query at a time, as a user would run it without an index
@@ -468,10 +513,10 @@ def main() -> None:
                 t = time.perf_counter()
                 tr = np.load(work / f"truth-{args.n}.npz")
                 bound = {name: projected_bound(data, qs, tr[name], int(b[len("hnswlib-pca"):]))
-                         for name, qs in (("real", q_real), ("generated", q_gen))}
+                         for name, qs in queries.items()}
                 results.setdefault("projected_bound", {})[b] = bound
-                log(f"{b}: exact search in the projected space + exact re-scoring (no HNSW), recall@10 real | generated: "
-                    + ", ".join(f"{k} {bound['real'][k]:.4f} | {bound['generated'][k]:.4f}" for k in bound["real"])
+                log(f"{b}: exact search in the projected space + exact re-scoring (no HNSW), recall@10 " + " | ".join(bound) + ": "
+                    + ", ".join(f"{k} " + " | ".join(f"{bound[name][k]:.4f}" for name in bound) for k in bound["real"])
                     + f" ({time.perf_counter() - t:.0f} s)")
 
         def one_backend(b: str) -> None:
@@ -489,7 +534,8 @@ def main() -> None:
                     dump()
                 return
             finally:
-                shutil.rmtree(work / b, ignore_errors=True)
+                if not args.keep_stores:
+                    shutil.rmtree(work / b, ignore_errors=True)
             d = {k: m["after_queries"].get(k, 0) - m["before"].get(k, 0) for k in ("VmRSS", "RssAnon", "RssFile")}
             dl = {k: m["after_load"].get(k, 0) - m["before"].get(k, 0) for k in ("VmRSS", "RssAnon", "RssFile")}
             row = {"backend": b, **built, **m, "rss_load_mib": dl, "rss_mib": d}
@@ -497,8 +543,8 @@ def main() -> None:
                 results["backends"].append(row)
                 dump()
             log(f"{b} at {nb:,}: resident after load +{dl['VmRSS']:.0f} MiB (anon {dl['RssAnon']:.0f}); after queries "
-                f"+{d['VmRSS']:.0f} MiB (anon {d['RssAnon']:.0f} + file {d['RssFile']:.0f}); recall@10 real "
-                f"{m['recall_real']:.4f}, generated {m['recall_generated']:.4f}; {m['ms_per_query']:.2f} ms/query; "
+                f"+{d['VmRSS']:.0f} MiB (anon {d['RssAnon']:.0f} + file {d['RssFile']:.0f}); recall@10 "
+                + ", ".join(f"{name} {m['recall_' + name]:.4f}" for name in queries) + f"; {m['ms_per_query']:.2f} ms/query; "
                 f"disk {m['disk_bytes'] / 2 ** 30:.2f} GiB")
 
         # --parallel backends at once (each in its own child processes), in the order given
@@ -509,28 +555,36 @@ def main() -> None:
     finally:
         if not args.keep_work:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"\n{args.n:,} generated 1280-d vectors (fitted on {len(fit)} real ones); {args.queries} real + {args.queries} "
-          f"generated held-out queries; exact single query {results['exact_single_ms']:.0f} ms\n")
+    names = list(queries)
+    head = {"real": "real (test) q.", "generated": "generated q.", "val": "real validation q."}
+    print(f"\n{args.n:,} generated 1280-d vectors (fitted on {len(fit)} real ones); {args.queries} real (test) + "
+          f"{args.queries} generated held-out queries" + (f" + {len(q_val)} real validation queries (other images)" if q_val is not None else "")
+          + f"; exact single query {results['exact_single_ms']:.0f} ms\n")
     print("| backend | vectors | build | resident after load: anon MiB | after queries: anon + file MiB | on disk | "
-          "recall@10 real q. | recall@10 generated q. | ms/query (p90) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          + " | ".join(f"recall@10 {head[name]}" for name in names) + " | ms/query (p90) |")
+    print("|---|---|---|---|---|---|" + "---|" * len(names) + "---|")
     for r in results["backends"]:
         if "failed" in r:
-            print(f"| {r['backend']} | failed | | | | | | | |")
+            print(f"| {r['backend']} | failed |" + " |" * (5 + len(names)))
             continue
         print(f"| {r['backend']} | {r['n_built']:,}{' (stopped)' if r['stopped'] else ''} | {r['build_s'] / 60:.0f} min | "
               f"{r['rss_load_mib']['RssAnon']:.0f} | {r['rss_mib']['RssAnon']:.0f} + {r['rss_mib']['RssFile']:.0f} | "
-              f"{r['disk_bytes'] / 2 ** 30:.2f} GiB | {r['recall_real']:.4f} | {r['recall_generated']:.4f} | "
-              f"{r['ms_per_query']:.2f} ({r['ms_p90']:.2f}) |")
+              f"{r['disk_bytes'] / 2 ** 30:.2f} GiB | " + " | ".join(f"{r['recall_' + name]:.4f}" for name in names)
+              + f" | {r['ms_per_query']:.2f} ({r['ms_p90']:.2f}) |")
         if r["stopped"]:
             print(f"  {r['backend']}: {r['stopped']}")
-        for w in r.get("sweep", []):
-            print(f"  {r['backend']}, {w['candidates']} candidates re-scored, projected ef {w['ef']}: recall@10 real "
-                  f"{w['recall_real']:.4f}, generated {w['recall_generated']:.4f}; {w['ms_per_query']:.2f} ms/query")
+        for w in r.get("grid", []):
+            print(f"  {r['backend']}, {w['candidates']} candidates re-scored, projected ef {w['ef']}: recall@10 "
+                  + ", ".join(f"{name} {w['recall_' + name]:.4f}" for name in names) + f"; {w['ms_per_query']:.2f} ms/query")
+        if "selected" in r:
+            w = r["selected"]
+            print(f"  {r['backend']}, selected on validation (fewest candidates of {list(GRID)} with recall@10 >= {TARGET}): "
+                  + (f"{w['candidates']} -> test (real) {w['recall_real']:.4f}, generated {w['recall_generated']:.4f}, "
+                     f"validation {w['recall_val']:.4f}; {w['ms_per_query']:.2f} ms/query" if w else "none reaches it"))
         bound = results.get("projected_bound", {}).get(r["backend"])
         if bound:
-            print(f"  {r['backend']}, exact projected search + re-scoring (no HNSW), recall@10 real | generated: "
-                  + ", ".join(f"{k} {bound['real'][k]:.4f} | {bound['generated'][k]:.4f}" for k in bound["real"]))
+            print(f"  {r['backend']}, exact projected search + re-scoring (no HNSW), recall@10 " + " | ".join(names) + ": "
+                  + ", ".join(f"{k} " + " | ".join(f"{bound[name][k]:.4f}" for name in names) for k in bound["real"]))
     dump()
 
 

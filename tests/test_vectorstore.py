@@ -278,3 +278,65 @@ def test_library_on_reduced_backend_reduces_all_three_indices(indexed_sample, sa
                 assert_same_ranking([h.image_id for h in ra.modes[m].hits], sa, [h.image_id for h in rb.modes[m].hits], sb)
     finally:
         lib.close()
+
+
+def test_live_ids_bitmap_behaves_as_a_set():
+    from explorer.core.vectorstore.liveids import LiveIds
+
+    rng = np.random.default_rng(5)
+    ref: set[int] = set()
+    live = LiveIds()
+    for _ in range(60):
+        a = rng.integers(0, 400, rng.integers(0, 30))
+        if rng.random() < 0.6:
+            live.update(a)
+            ref.update(a.tolist())
+        else:
+            live.difference_update(a.tolist())
+            ref.difference_update(a.tolist())
+        assert len(live) == len(ref) and live == ref and ref == live
+    assert list(live) == sorted(ref) and live.ids().dtype == np.int64 and live.max() == max(ref)
+    other = set(rng.integers(0, 600, 200).tolist())
+    assert live - other == ref - other and other - live == other - ref and live & other == ref & other
+    assert all((i in live) == (i in ref) for i in range(-3, 700)) and "x" not in live and str(max(ref)) not in live
+    live.discard(max(ref))
+    assert max(ref) not in live and len(live) == len(ref) - 1
+    assert LiveIds() == set() and LiveIds().max() == -1 and LiveIds([3]) != {4}
+    with pytest.raises(ValueError):
+        LiveIds([-1])
+
+
+def test_reduced_store_live_ids_through_add_replace_delete_save_load(tmp_path, monkeypatch):
+    """The bitmap live ids of the reduced store and of its projected index follow every change as a
+    set did, before and after the projection is fitted, and survive save/load (same file format)."""
+    import explorer.core.vectorstore.reduced as reduced
+    from explorer.core.vectorstore.liveids import LiveIds
+
+    monkeypatch.setattr(reduced, "FIT_MIN", 100)
+    rng = np.random.default_rng(3)
+    dim = 16
+    st = open_store("hnswlib-pca8", tmp_path / "indices", "image--live", dim, {"image": "t"})
+    st.load()
+    ref: set[int] = set()
+    for step in range(12):
+        ids = rng.choice(np.arange(1, 2000), 40, replace=False)  # new ids and replacements of old ones
+        st.upsert(ids, unit(rng.standard_normal((len(ids), dim))))
+        ref.update(ids.tolist())
+        gone = rng.choice(sorted(ref), 7, replace=False).tolist() + [5000]
+        assert st.delete(gone) == 7
+        ref.difference_update(gone)
+        st.search(unit(rng.standard_normal(dim)), 5)  # a due fit happens here
+        assert isinstance(st.live_ids(), LiveIds) and st.live_ids() == ref and len(st) == len(ref)
+        assert st.ids().tolist() == sorted(ref)
+        if st.proj is not None:
+            assert isinstance(st.inner.live_ids(), LiveIds) and st.inner.live_ids() == ref
+        if step % 4 == 3:
+            st.save()
+            assert np.load(st.live_path).tolist() == sorted(ref)  # the same file as before: sorted int64
+            st = open_store("hnswlib-pca8", tmp_path / "indices", "image--live", dim, {"image": "t"})
+            assert st.load() is None and st.live_ids() == ref and st.inner.live_ids() == ref
+    assert st.proj is not None
+    # sync against a set of live ids from the database removes the stale ones
+    keep = set(sorted(ref)[:50])
+    rep = st.sync(lambda seq: (np.zeros(0, np.int64), np.zeros((0, dim), np.float32), st.manifest.seq_high), keep)
+    assert rep.deleted == len(ref) - 50 and st.live_ids() == keep

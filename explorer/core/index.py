@@ -140,6 +140,9 @@ class SyncReport:
 class VectorIndex:
     """One hnswlib inner-product index whose labels are image ids."""
 
+    #: the container of the searchable labels (a subclass may keep them leaner, e.g. as a bitmap)
+    live_type = set
+
     def __init__(self, directory: Path, name: str, dim: int, source: dict | None = None):
         self.directory = Path(directory)
         self.name = name
@@ -149,7 +152,7 @@ class VectorIndex:
         self.manifest = Manifest(name, dim, source=source or {})
         self.index: hnswlib.Index | None = None
         #: searchable labels, kept up to date by upsert/delete (hnswlib can only list all labels, O(n))
-        self._live: set[int] = set()
+        self._live: set[int] = self.live_type()
         self.lock = threading.RLock()
         self.ef = DEFAULT_EF
         #: changed since loaded or saved
@@ -200,7 +203,9 @@ class VectorIndex:
         except Exception as e:  # noqa: BLE001 - a corrupt cache is simply rebuilt
             return f"unreadable index file ({e})"
         self.index, self.manifest = idx, manifest
-        self._live = set(idx.get_ids_list()) - set(manifest.deleted)
+        live = self.live_type(idx.get_ids_list())
+        live.difference_update(manifest.deleted)
+        self._live = live
         self.dirty = False
         return None
 
@@ -299,7 +304,7 @@ class VectorIndex:
             report.rebuilt, report.reason = True, reason
             self.index = None
             self.manifest.seq_high, self.manifest.deleted = 0, []
-            self._live = set()
+            self._live = self.live_type()
             self.dirty = True
             self._fresh = True
 
