@@ -25,7 +25,9 @@ never be stored under the older generation.
 directory is renamed into place; another process that finished the same key first wins, and the
 other caches of the same dtype are removed afterwards (a process still using one keeps its
 mapping: on POSIX an unlinked file stays readable). A cache that cannot be written (read-only
-media, a full disk) is skipped with a debug log line, never an error.
+media, a full disk) is skipped with a debug log line, never an error. Readers (search, without
+the writer lock) write it too: it is derived data, written whole or not at all and never read
+unless its key matches, so it needs no lock; it is the only file a search may write.
 
 **A damaged cache is rebuilt, never an error**: a missing or unreadable manifest or array file,
 a wrong dtype, shape or file size (truncation), or a CRC-32 mismatch in any metadata array
