@@ -6,10 +6,12 @@ For each ``--sizes`` gallery size, in one run, this script
 1. writes the synthetic library of ``bench/query_latency.py`` straight into the database
    (clustered 1280-d image vectors, real MiniLM caption vectors, structured captions and
    detections; ``write_library``) and builds its three hnswlib indices (``build_indices``);
-2. **one-shot CLI**: runs ``python -m explorer.cli search --image coffee.png --library L --k 10``
-   as a fresh process, ``--rounds`` times the pair *first call* (no cache: the gallery is read
-   from SQL and the cache written) then *second call* (the cache is opened), and reports each
-   call's wall time and peak resident memory (``ru_maxrss`` of that child, from ``wait4``);
+2. **one-shot CLI**: runs ``explorer search --image coffee.png --library L --k 10 --json``
+   (``explorer.cli.main``, as ``python -m explorer.cli`` runs it) as a fresh process, ``--rounds``
+   times the pair *first call* (no cache: the gallery is read from SQL and the cache written)
+   then *second call* (the cache is opened), and reports each call's wall time (process start to
+   exit) and peak resident memory (its own VmHWM at exit: ``ru_maxrss`` of a child would include
+   the parent's resident memory at fork time);
 3. **``Searcher.open()``** in fresh worker processes (all models loaded before it, so they are
    not counted): without the cache (``gallery_cache=False``: read from SQL into memory), building
    it (no cache there yet) and opening it (cache hit); its time, then 20 (``--queries``) image
@@ -106,32 +108,26 @@ def run_child(cmd: list[str]) -> str:
     return r.stdout
 
 
+#: ``explorer search`` as ``python -m explorer.cli`` runs it (``cli.main``), then this process's peak
+#: resident memory (VmHWM: of this process alone; a child's ``ru_maxrss`` would include the
+#: parent's resident memory at fork time)
+CLI_PEAK = ("import sys; from pathlib import Path; from explorer import cli; rc = cli.main(sys.argv[1:]); "
+            "hwm = [l for l in Path('/proc/self/status').read_text().splitlines() if l.startswith('VmHWM:')][0]; "
+            "print('PEAK', int(hwm.split()[1]), file=sys.stderr); sys.exit(rc)")
+
+
 def cli_call(lib_dir: Path, query: str) -> dict:
-    """One ``explorer search`` in a fresh process, its wall time and peak RSS (``wait4``)."""
-    cmd = [sys.executable, "-m", "explorer.cli", "search", "--image", query, "--library", str(lib_dir), "--k", "10", "--json"]
+    """One ``explorer search`` in a fresh process: wall time (start to exit) and peak RSS."""
+    cmd = [sys.executable, "-c", CLI_PEAK, "search", "--image", query, "--library", str(lib_dir), "--k", "10", "--json"]
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    # read the pipes in threads so the child never blocks, and reap it ourselves to get its rusage
-    import threading
-
-    bufs = {}
-
-    def drain(name, f):
-        bufs[name] = f.read()
-
-    ts = [threading.Thread(target=drain, args=(k, f)) for k, f in (("out", p.stdout), ("err", p.stderr))]
-    for t in ts:
-        t.start()
-    _, status, ru = os.wait4(p.pid, 0)
+    r = subprocess.run(cmd, env=child_env(), capture_output=True, text=True)
     wall = time.perf_counter() - t0
-    for t in ts:
-        t.join()
-    p.returncode = os.waitstatus_to_exitcode(status)
-    if p.returncode:
-        raise RuntimeError(f"explorer search failed ({p.returncode}): {bufs['err'][-2000:].decode(errors='replace')}")
-    res = json.loads(bufs["out"])
+    if r.returncode:
+        raise RuntimeError(f"explorer search failed ({r.returncode}): {r.stderr[-2000:]}")
+    peak_kib = int(next(x for x in r.stderr.splitlines() if x.startswith("PEAK ")).split()[1])
+    res = json.loads(r.stdout)
     top = [h["image_id"] for h in res["modes"]["fused"]["hits"]]
-    return {"wall_s": wall, "peak_rss_mib": ru.ru_maxrss / 1024, "top_fused": top}
+    return {"wall_s": wall, "peak_rss_mib": peak_kib / 1024, "top_fused": top}
 
 
 def open_worker(spec: dict) -> int:

@@ -21,8 +21,12 @@ gets no cache. ``GalleryArrays.open`` reads the generation before and after read
 from SQL and writes the cache only when the two agree, so a commit that lands during the read can
 never be stored under the older generation.
 
-**Written atomically**: into ``cache/.gallery-tmp-<pid>-<random>/``, manifest last, then the
-directory is renamed into place; another process that finished the same key first wins, and the
+**Written atomically**: into ``cache/.gallery-tmp-<pid>-<random>/``, every file synced to disk,
+manifest last, then the directory is renamed into place (so a crash never leaves a valid-looking
+cache with unwritten contents); the vector files are then evicted from the page cache, and
+readers map them with ``MADV_RANDOM``, so that what becomes resident is the pages of the rows
+re-scoring touches (read-ahead, or the writer's large page-cache folios, would map most of the
+file); another process that finished the same key first wins, and the
 other caches of the same dtype are removed afterwards (a process still using one keeps its
 mapping: on POSIX an unlinked file stays readable). A cache that cannot be written (read-only
 media, a full disk) is skipped with a debug log line, never an error. Readers (search, without
@@ -43,6 +47,7 @@ import bisect
 import hashlib
 import json
 import logging
+import mmap
 import os
 import shutil
 import time
@@ -280,6 +285,40 @@ def _crc(path: Path) -> int:
     return crc
 
 
+def _random_access(arr: np.memmap) -> None:
+    """Tell the kernel that ``arr``'s pages are read at random (no read-ahead): re-scoring touches a
+    few hundred scattered rows, and read-ahead would make most of the file resident."""
+    mm = getattr(arr, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+        try:
+            mm.madvise(mmap.MADV_RANDOM)
+        except OSError:
+            pass
+
+
+def _drop_cached(fd: int) -> None:
+    """Evict a just-written (and synced) file from the page cache: the writer's large page-cache
+    folios would otherwise be mapped whole by readers, making far more than the touched rows resident."""
+    if hasattr(os, "posix_fadvise"):
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def read(root: Path, key: dict) -> dict[str, np.ndarray] | None:
     """The arrays cached under ``key`` (memory-mapped), or None: none there, or damaged (one
     warning line, and the directory is removed)."""
@@ -300,6 +339,7 @@ def read(root: Path, key: dict) -> dict[str, np.ndarray] | None:
                 arr = np.load(p, mmap_mode="r", allow_pickle=False)
                 if p.stat().st_size != arr.offset + arr.nbytes:
                     raise ValueError(f"{p.name} is {p.stat().st_size} bytes, expected {arr.offset + arr.nbytes}")
+                _random_access(arr)
             if arr.dtype.str != spec["dtype"] or arr.shape != shape:
                 raise ValueError(f"{p.name} holds {arr.dtype.str} {arr.shape}, expected {spec['dtype']} {shape}")
             if name not in UNCHECKED and _crc(p) != spec["crc32"]:
@@ -327,11 +367,19 @@ def write(root: Path, key: dict, arrays: dict[str, np.ndarray]) -> Path | None:
             p = tmp / f"{name}.npy"
             with open(p, "wb") as f:
                 np.save(f, arr, allow_pickle=False)
+                f.flush()
+                os.fsync(f.fileno())  # on disk before the rename makes it valid
+                if name in UNCHECKED:
+                    _drop_cached(f.fileno())
             specs[name] = {"dtype": arr.dtype.str, "shape": list(arr.shape),
                            "crc32": None if name in UNCHECKED else _crc(p)}
-        (tmp / MANIFEST).write_text(json.dumps({"key": key, "arrays": specs, "written": time.time()}, indent=1))
+        with open(tmp / MANIFEST, "w") as f:
+            f.write(json.dumps({"key": key, "arrays": specs, "written": time.time()}, indent=1))
+            f.flush()
+            os.fsync(f.fileno())
         try:
             os.rename(tmp, final)
+            _fsync_dir(root)
         except OSError:
             if not final.is_dir():
                 raise
