@@ -17,7 +17,11 @@ For each ``--sizes`` gallery size, in one run, this script
    it (no cache there yet) and opening it (cache hit); its time, then 20 (``--queries``) image
    queries through ``Searcher.search``, and VmRSS / RssAnon / RssFile after opening and after the
    queries: memory-mapped vectors (cache hit) against vectors loaded into memory (no cache);
-4. the cache's size on disk per image: vectors, weights, metadata columns and look-ups.
+4. the cache's size on disk per image: vectors, weights, metadata columns and look-ups;
+5. the price of mapping: ms to gather a candidate pool's vectors (566 random rows) held in memory,
+   mapped and touched before, mapped on first touch from the page cache, and on first touch right
+   after the writer evicted the files (disk reads) — ``--gather-only`` runs just this, without a
+   library or models.
 
 The load average (``os.getloadavg``) is printed at the start and at the end.
 
@@ -212,7 +216,47 @@ def measure(n: int, lib_dir: Path, args, query: str) -> dict:
                f"(RssAnon {w['after_queries']['RssAnon']:.0f}, RssFile {w['after_queries']['RssFile']:.0f}), "
                f"+{w['after_queries']['VmRSS'] - w['before']['VmRSS']:.0f} MiB over the models; query median {w['query_median_s'] * 1000:.0f} ms")
     out["open"] = runs
+    out["gather"] = gather_study(n, lib_dir.parent)
     return out
+
+
+def gather_study(n: int, work: Path, pools: int = 10, pool: int = 566) -> dict:
+    """ms to gather both vectors (1280-d + 384-d float32) of ``pool`` random rows of an ``n``-row
+    cache written by ``gallery_cache.write``: held in memory; mapped, first touch right after the
+    write (the writer evicted the files: disk reads); mapped, the same rows again; mapped, first
+    touch with the files in the page cache."""
+    from explorer.core import gallery_cache
+
+    rng = np.random.default_rng(0)
+    arrays = {"image": rng.standard_normal((n, 1280), dtype=np.float32), "caption": rng.standard_normal((n, 384), dtype=np.float32)}
+    root, key = work / "gather", {"dtype": "float32", "study": n}
+    gallery_cache.write(root, key, arrays)
+    mapped = gallery_cache.read(root, key)
+
+    def gather(a: dict, rows) -> float:
+        t = time.perf_counter()
+        np.asarray(a["image"][rows])
+        np.asarray(a["caption"][rows])
+        return (time.perf_counter() - t) * 1000
+
+    out = {"in memory": [], "mapped, first touch after the write (disk)": [], "mapped, touched before": [],
+           "mapped, first touch from the page cache": []}
+    for i in range(pools):
+        rows = np.sort(rng.choice(n, pool, replace=False))
+        out["in memory"].append(gather(arrays, rows))
+        out["mapped, first touch after the write (disk)"].append(gather(mapped, rows))
+        out["mapped, touched before"].append(gather(mapped, rows))
+    d = gallery_cache.cache_dir(root, key)
+    for name in ("image", "caption"):
+        (d / f"{name}.npy").read_bytes()  # into the page cache
+    fresh = gallery_cache.read(root, key)
+    for i in range(pools):
+        out["mapped, first touch from the page cache"].append(gather(fresh, np.sort(rng.choice(n, pool, replace=False))))
+    shutil.rmtree(root, ignore_errors=True)
+    res = {k: {"median_ms": float(np.median(v)), "max_ms": float(np.max(v))} for k, v in out.items()}
+    ql.log(f"  gathering {pool} random rows' vectors of {n:,}: " + "; ".join(f"{k} {v['median_ms']:.2f} ms (max {v['max_ms']:.2f})"
+                                                                          for k, v in res.items()))
+    return res
 
 
 def markdown(results: dict) -> str:
@@ -233,6 +277,9 @@ def markdown(results: dict) -> str:
                          f"+{w['after_queries']['VmRSS'] - w['before']['VmRSS']:.0f} MiB ({w['after_queries']['RssAnon']:.0f} / "
                          f"{w['after_queries']['RssFile']:.0f} MiB) |")
         c = s["cache"]
+        if "gather" in s:
+            lines.append("\n| gathering a pool's vectors (566 random rows) | median | max |\n|---|---|---|")
+            lines.extend(f"| {k} | {v['median_ms']:.2f} ms | {v['max_ms']:.2f} ms |" for k, v in s["gather"].items())
         lines.append(f"\ncache on disk: vectors {c['vectors_per_image']:.0f} B/image, weights + metadata + look-ups "
                      f"{c['other_per_image']:.0f} B/image")
     return "\n".join(lines)
@@ -247,10 +294,18 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tmp", type=Path, help="where the temporary libraries go")
     ap.add_argument("--json", type=Path, help="also write every figure to this JSON file")
+    ap.add_argument("--gather-only", action="store_true", help="only the pool-gathering micro-measure (no library, no models)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         return open_worker(json.loads(args.worker))
+    if args.gather_only:
+        ql.log(f"load average {loadavg()}")
+        with tempfile.TemporaryDirectory(prefix="gallery-cache-", dir=args.tmp) as work:
+            for n in (int(x) for x in args.sizes.split(",") if x.strip()):
+                gather_study(n, Path(work))
+        ql.log(f"load average {loadavg()}")
+        return 0
     from explorer.core.config import Settings
     from explorer.core.imageio import load_image
     from explorer.core.models.registry import ModelLoader
