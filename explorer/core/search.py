@@ -182,16 +182,18 @@ def edit_caption(caption: str, modifier: str) -> str:
 class Searcher:
     """Runs queries against one library. Thread-safe for reads; models are shared with indexing."""
 
-    def __init__(self, library: Library, head=None, vector_dtype: str | None = None):
+    def __init__(self, library: Library, head=None, vector_dtype: str | None = None, gallery_cache: bool = True):
         """Stores what it is given. ``head``: an optional trained fusion head (``explorer.core.learned``),
         adding mode ``learned``. ``vector_dtype``: how the in-memory gallery keeps its vectors
         (``float32``, exact; ``float16``, half the memory, see ``gallery_arrays``; default: the
-        library's setting ``search_vectors``). ``open()`` (or ``open_searcher``) does the work; a
-        searcher used unopened opens itself on its first query."""
+        library's setting ``search_vectors``). ``gallery_cache``: open the gallery from the library's
+        on-disk cache when valid and write it there after a read (``gallery_cache``). ``open()``
+        (or ``open_searcher``) does the work; a searcher used unopened opens itself on its first
+        query."""
         self.lib = library
         self.head = head
         self.vector_dtype = vector_dtype or library.settings.search_vectors
-        self._gallery = GalleryArraysHolder(library, self.vector_dtype)
+        self._gallery = GalleryArraysHolder(library, self.vector_dtype, gallery_cache)
         self.repairs: list[str] = []
         self.learned_ids = self.learned_vecs = None
         self._learned_row: dict[int, int] = {}

@@ -14,6 +14,15 @@ deleted image's id, and its index entries, to a new image.) A library made befor
 counters existed gets them on open and a new ``library_id``, which makes every index built
 before rebuild once from the stored vectors.
 
+**A persistent gallery generation** (``gallery_generation``): SQLite triggers on every insert,
+update and delete of ``images``, ``captions``, ``detections`` and ``vectors`` replace the value of
+``gallery_generation`` in meta with ``<count + 1>.<16 random hex digits>``, in the same
+transaction as the change, whichever process or connection (or older version of this program)
+writes. Two reads that return the same value saw the same rows of those tables (a restored backup
+that was then changed gets a new random part, so it never repeats a value it had). The on-disk
+gallery cache (``gallery_cache``) is keyed by it. A library made before the triggers gets them
+(and a fresh value) when it is next opened writable.
+
 A database file that is empty or not SQLite is refused as corrupt (never silently replaced by
 a new library). A database on read-only media is opened read-only (``immutable``).
 
@@ -56,6 +65,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 from .errors import LibraryCorrupt
 
 SCHEMA_VERSION = 2  # 2: never-reused id and seq counters in meta
+#: meta key of the persistent gallery generation, and the tables whose changes move it
+GENERATION_KEY = "gallery_generation"
+GENERATION_TABLES = ("images", "captions", "detections", "vectors")
+_GENERATION_BUMP = (f"UPDATE meta SET value = (CAST(value AS INTEGER) + 1) || '.' || lower(hex(randomblob(8))) "
+                    f"WHERE key = '{GENERATION_KEY}'")
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 # Caption sources, most trusted first, and how they combine: one home in captions.sources.
@@ -315,6 +329,25 @@ class Store:
                 s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
                 s.add(Meta(key="created", value=datetime.now(timezone.utc).isoformat()))
             self._migrate_counters(s)
+        self._ensure_generation_triggers()
+
+    def _ensure_generation_triggers(self) -> None:
+        """Create the triggers that move ``gallery_generation`` (once; a no-op when they exist)."""
+        names = {f"gallery_generation_{t}_{op.lower()}": (t, op) for t in GENERATION_TABLES for op in ("INSERT", "UPDATE", "DELETE")}
+        with self.engine.begin() as conn:
+            have = {r[0] for r in conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'trigger'"))}
+            if set(names) <= have and conn.execute(text("SELECT 1 FROM meta WHERE key = :k"), {"k": GENERATION_KEY}).first():
+                return
+            conn.execute(text("INSERT OR IGNORE INTO meta (key, value) VALUES (:k, :v)"),
+                         {"k": GENERATION_KEY, "v": "0." + uuid.uuid4().hex[:16]})
+            for name, (table, op) in names.items():
+                if name not in have:
+                    conn.execute(text(f'CREATE TRIGGER "{name}" AFTER {op} ON "{table}" BEGIN {_GENERATION_BUMP}; END'))
+
+    def gallery_generation(self) -> str | None:
+        """The persistent gallery generation (module docstring); None where the library has none
+        (a read-only library made before the triggers)."""
+        return self.get_meta(GENERATION_KEY)
 
     def _refuse_foreign_file(self) -> None:
         try:
