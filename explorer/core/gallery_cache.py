@@ -58,6 +58,7 @@ from pathlib import Path
 import numpy as np
 
 from .captions.sources import ComposedCaption
+from .modes import CAPTION, IMAGE
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ PREFIX = "gallery-"
 TMP_PREFIX = ".gallery-tmp-"
 MANIFEST = "manifest.json"
 #: arrays checked by size and header only (everything else also by CRC-32)
-UNCHECKED = ("image", "caption")
+UNCHECKED = (IMAGE, CAPTION)
 #: a temporary directory older than this is a crashed writer's and is removed
 STALE_TMP_S = 3600.0
 
