@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -16,8 +17,10 @@ from pathlib import Path
 import pytest
 
 from explorer.core.config import Settings
+from explorer.core.errors import ExplorerError
 from explorer.core.indexing_worker import WORKER_NICE, IndexingWorker
-from explorer.core.lock import holder_info
+from explorer.core.library import Library
+from explorer.core.lock import LibraryBusy, holder_info
 from explorer.core.models.registry import model_key
 
 from test_indexing_worker import small_gallery
@@ -98,10 +101,27 @@ def test_later_runs_reuse_the_process_and_its_models(tmp_path, sample_gallery):
         assert phases[0] == "loading models" and "indexing" in phases and phases[-1] == "done"
         assert not holder_info(tmp_path / "lib2" / "writer.lock").get("pid")
 
+        # a later run keeps the contract: errors with their class, a forwarded cancel; the worker survives them
+        with pytest.raises(ExplorerError, match="not a folder"):
+            worker.run(s2, [tmp_path / "missing"])
+        lib = Library(tmp_path / "lib2", s2, loader=None)
+        try:
+            with lib.writing("editing captions"):
+                with pytest.raises(LibraryBusy, match="editing captions by pid"):
+                    worker.run(s2, [g2])
+        finally:
+            lib.close()
+        small_gallery(g2 / "more", sample_gallery, 3, side=72)
+        cancel = threading.Event()
+        cancel.set()
+        cancelled = worker.run(s2, [g2], cancel=cancel)
+        assert cancelled.cancelled and cancelled.indexed == 0
+        assert worker.pid == pid and worker.last_run.jobs == 5 and worker.last_run.models_loaded == ()
+
         # other model settings: the same process loads them anew
         third = worker.run(replace(s2, detector_threshold=0.45), [g2])
-        assert third.ok
-        assert worker.last_run.pid == pid and worker.last_run.jobs == 3 and "ssd-mobilenet:" in worker.last_run.models_loaded
+        assert third.ok and third.indexed >= 3  # at least those the cancelled run left
+        assert worker.last_run.pid == pid and worker.last_run.jobs == 6 and "ssd-mobilenet:" in worker.last_run.models_loaded
     finally:
         worker.close()
     assert worker.pid is None and _gone(pid, 10)
@@ -121,6 +141,34 @@ def test_a_worker_killed_between_runs_is_replaced(tmp_path, sample_gallery):
         assert worker.last_run.pid not in (None, pid) and worker.last_run.jobs == 1 and worker.last_run.models_loaded
     finally:
         worker.close()
+
+
+def test_closing_the_worker_cancels_its_run_and_ends_it(tmp_path, sample_gallery):
+    g = small_gallery(tmp_path / "g", sample_gallery, 40)
+    worker = IndexingWorker()
+    indexing, result = threading.Event(), {}
+
+    def run():
+        try:
+            result["summary"] = worker.run(Settings(library=str(tmp_path / "lib"), caption_sources=()), [g],
+                                           progress=lambda p: indexing.set() if p.phase == "indexing" else None)
+        except Exception as e:  # noqa: BLE001 - reported below
+            result["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        assert indexing.wait(300), "no batch was indexed"
+        pid = worker.pid
+        worker.close()  # as the window does when it closes
+        t.join(60)
+        assert not t.is_alive() and "error" not in result, result
+        summary = result["summary"]
+        assert summary.cancelled and 0 < summary.indexed < 40  # stopped after its batch, and saved it
+        assert worker.pid is None and _gone(pid, 10)
+    finally:
+        worker.close()
+        t.join(60)
 
 
 def test_an_idle_worker_ends_after_its_timeout(tmp_path, sample_gallery):
