@@ -5,7 +5,10 @@
 - ``AppContext``: the current ``Session`` (it changes when settings change: listen to
   ``sessionChanged``), the ``TaskRunner`` every slow call goes through, and library edits that
   every page must hear about (``captionSaved``). It owns the session's lifecycle: opening it,
-  warming the models up, rebuilding it when the settings change, closing it.
+  warming the models up, rebuilding it when the settings change, closing it; and the window's
+  long-lived indexing process (``index_worker``, ``core.indexing_worker.IndexingWorker``: it
+  starts at the first indexing run, outlives session changes, reloads its models when their
+  settings change, and ends with ``close``).
 
 Nothing here knows about widgets.
 """
@@ -19,6 +22,7 @@ from PySide6.QtCore import QObject, Signal
 
 from ..core.config import Settings
 from ..core.errors import ExplorerError
+from ..core.indexing_worker import IndexingWorker
 from ..core.models.registry import ROLES
 from .session import Session
 from .workers import TaskRunner
@@ -68,6 +72,7 @@ class AppContext(QObject):
         self.notify = notify or Notifier(self)
         self.session: Session | None = None
         self.warm = False
+        self.index_worker = IndexingWorker()  # no process until the first indexing run
 
     # -- the session ---------------------------------------------------------------------------
     def open(self, library=None, loader=None) -> bool:
@@ -157,6 +162,7 @@ class AppContext(QObject):
 
     def close(self, wait_ms: int = 60000) -> None:
         self.tasks.shutdown(wait_ms)
+        self.index_worker.close()
         if self.session is not None:
             self.session.close()
 

@@ -5,10 +5,11 @@ button (the window puts both in its status bar), and says what happens through s
 ``busyChanged`` when a run starts or ends, ``progressed`` with each ``Progress`` (for views
 that refresh while images arrive) and ``finished`` with the ``IndexSummary`` (None when the run
 failed) after everything else. The run goes through ``Session.index_folder``, which runs the
-pipeline in a worker process (``explorer.core.indexing_worker``: the GUI thread never competes
-with model work) and refreshes the library and the searcher afterwards, so newly indexed images
-rank in every mode (the learned one too). ``worker`` is the pool thread that waits for that
-process; its ``cancel`` event reaches the process, which stops after its current batch.
+pipeline in the window's long-lived, low-priority indexing process (``ctx.index_worker``, see
+``explorer.core.indexing_worker``: the GUI thread never competes with model work, and the models
+stay loaded between runs) and refreshes the library and the searcher afterwards, so newly indexed
+images rank in every mode (the learned one too). ``worker`` is the pool thread that waits for
+that process; its ``cancel`` event reaches the process, which stops after its current batch.
 """
 
 from __future__ import annotations
@@ -72,8 +73,11 @@ class IndexingController(QObject):
             notify.error(f"folder is not readable (permission denied): {folder}")
             return
 
+        index_worker = self.ctx.index_worker
+
         def job(worker):
-            return session.index_folder(folder, progress=lambda p: worker.report(replace(p), key=p.phase), cancel=worker.cancel)
+            return session.index_folder(folder, progress=lambda p: worker.report(replace(p), key=p.phase), cancel=worker.cancel,
+                                        worker=index_worker)
 
         self._then = then
         self.progress.setRange(0, 0)

@@ -98,12 +98,14 @@ class Session:
         with self._lock:
             self._searcher = None
 
-    def index_folder(self, folder: str, progress=None, cancel=None, mode: str | None = None):
+    def index_folder(self, folder: str, progress=None, cancel=None, mode: str | None = None, worker=None):
         """Index one folder into the library, then refresh the searcher; returns the IndexSummary.
 
         ``mode`` (default ``indexing_worker.index_mode()``): ``process`` runs the pipeline in a
         worker process (no model work competes with the GUI thread for the GIL; this library then
-        reopens the indices that process saved), ``thread`` runs it here, in the calling thread.
+        reopens the indices that process saved): in ``worker`` (an ``IndexingWorker``, which keeps
+        its models between runs) when given, else in a one-shot one; ``thread`` runs it here, in
+        the calling thread.
         """
         from ..core.indexing_worker import index_in_process, index_mode
         from ..core.pipeline import Indexer
@@ -113,7 +115,7 @@ class Session:
         else:
             settings = replace(self.library.settings, library=str(self.library.dir))
             try:
-                summary = index_in_process(settings, [folder], progress=progress, cancel=cancel)
+                summary = index_in_process(settings, [folder], progress=progress, cancel=cancel, worker=worker)
             finally:
                 try:
                     self.library.reload()  # whatever the worker committed and saved, even when it failed

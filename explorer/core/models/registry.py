@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable
 
 from ..config import Settings
@@ -77,6 +77,20 @@ def probe(role: str, settings: Settings) -> Availability:
     return fn(split_spec(spec)[1], settings)
 
 
+#: Settings fields that no model backend reads (the library's place, caption sources, the vector
+#: store, whitening and the searcher's vectors): settings that differ only in these load the same
+#: models (``model_key``). Every other field counts, so a field added later reloads models rather
+#: than reusing stale ones.
+NOT_MODEL_SETTINGS = frozenset({"library", "caption_sources", "vector_store", "vector_store_uri", "whitening",
+                                "whitening_dim", "whitening_shrinkage", "search_vectors"})
+
+
+def model_key(settings: Settings) -> tuple[tuple[str, str], ...]:
+    """What determines the models a ``ModelLoader`` for ``settings`` loads (specs, engine, device,
+    detector and pooling settings): equal keys, same models (a long-lived worker keeps them)."""
+    return tuple((f.name, repr(getattr(settings, f.name))) for f in fields(settings) if f.name not in NOT_MODEL_SETTINGS)
+
+
 class ModelLoader:
     """Loads backends on demand and shares one instance per spec (a CLIP model serves two roles)."""
 
@@ -97,6 +111,11 @@ class ModelLoader:
                     raise ModelUnavailable(f"{role} backend '{spec}' needs the python package '{e.name}', which is not installed") from None
                 self._cache[key] = factory(split_spec(spec)[1], self)
             return self._cache[key]
+
+    def loaded(self) -> tuple[str, ...]:
+        """The backends loaded so far (``name:argument``), in the order they were loaded."""
+        with self._lock:
+            return tuple(self._cache)
 
     def stack(self) -> ModelStack:
         return ModelStack(
