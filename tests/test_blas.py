@@ -76,13 +76,13 @@ def test_exception_inside_still_restores(two_threads):
     assert _blas_threads() == 2
 
 
-def test_search_ranks_with_one_blas_thread(two_threads, monkeypatch, indexed_sample, sample_gallery):
+def test_search_ranks_with_one_blas_thread(two_threads, monkeypatch, library_copy, sample_gallery):
     """A real search: the candidate re-scoring and every mode's ranking and reranking run with one
     BLAS thread, and the setting is back to 2 afterwards."""
     from explorer.core import search
     from explorer.core.search import QuerySpec, open_searcher
 
-    searcher = open_searcher(indexed_sample)
+    searcher = open_searcher(library_copy)
     seen = []
     real_rerank, real_scores = search.rr.rerank, search.row_scores
 
