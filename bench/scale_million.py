@@ -310,6 +310,21 @@ def child_build(args) -> None:
     print(json.dumps({"build_s": time.perf_counter() - t, "add_s": add_s, "n_built": done, "stopped": stop}))
 
 
+def query_recalls(st, q, truth, names) -> tuple[dict, list]:
+    """``{"recall_<name>": recall@K}`` of store ``st`` for each query set (ids in ``truth`` are
+    0-based rows, the store's are rows + 1), and the seconds each search took."""
+    recalls, times = {}, []
+    for name in names:
+        hits = 0
+        for v, tr in zip(q[name], truth[name]):
+            t = time.perf_counter()
+            got = st.search(v, K)[0]
+            times.append(time.perf_counter() - t)
+            hits += len(set(got.tolist()) & set((tr + 1).tolist()))
+        recalls[f"recall_{name}"] = hits / (K * len(truth[name]))
+    return recalls, times
+
+
 def child_measure(args) -> None:
     work = Path(args.work)
     q = np.load(work / "queries.npz")
@@ -324,15 +339,8 @@ def child_measure(args) -> None:
     after_load = rss_tree()
     out = {"load_s": load_s, "n": len(st)}
     names = [name for name in ("real", "generated", "val") if name in q.files]
-    times = []
-    for name in names:
-        hits = 0
-        for v, tr in zip(q[name], truth[name]):
-            t = time.perf_counter()
-            got = st.search(v, K)[0]
-            times.append(time.perf_counter() - t)
-            hits += len(set(got.tolist()) & set((tr + 1).tolist()))
-        out[f"recall_{name}"] = hits / (K * len(truth[name]))
+    recalls, times = query_recalls(st, q, truth, names)
+    out.update(recalls)
     after_q = rss_tree()
     if args.backend.startswith("hnswlib-pca"):
         # how recall depends on the candidates re-scored (each with the store's own beam, CANDIDATE_EF x candidates)
@@ -344,15 +352,8 @@ def child_measure(args) -> None:
         for cand in GRID:
             reduced.MIN_CANDIDATES = cand
             row = {"candidates": cand, "ef": max(st.ef, reduced.CANDIDATE_EF * cand)}
-            ts = []
-            for name in names:
-                hits = 0
-                for v, tr in zip(q[name], truth[name]):
-                    t = time.perf_counter()
-                    got = st.search(v, K)[0]
-                    ts.append(time.perf_counter() - t)
-                    hits += len(set(got.tolist()) & set((tr + 1).tolist()))
-                row[f"recall_{name}"] = hits / (K * len(truth[name]))
+            recalls, ts = query_recalls(st, q, truth, names)
+            row.update(recalls)
             row["ms_per_query"] = 1000 * float(np.median(ts))
             out["grid"].append(row)
             log(f"  [{args.backend} grid] {cand} candidates, ef {row['ef']}: recall@10 "

@@ -144,19 +144,25 @@ def test_milvus_same_top10_as_hnswlib_on_sample_gallery(indexed_sample, tmp_path
 
 
 @needs_milvus
-def test_library_on_milvus_gives_same_agreement_search_and_evaluation(indexed_sample, sample_gallery, loader, tmp_path):
-    """A copy of the indexed sample library opened with vector_store=milvus: the indices are rebuilt
-    in Milvus Lite from the database, and agreement, search and evaluation match hnswlib."""
-    from explorer.core.evaluate import run_evaluation
+def _sample_library_on(backend: str, tmp_path, indexed_sample, loader):
+    """A copy of the indexed sample library without its indices, opened on ``backend``."""
     from explorer.core.library import Library
-    from explorer.core.search import QuerySpec, Searcher
-    from explorer.core.store import ImageRow
-    from sqlalchemy import select
 
     dst = tmp_path / "lib"
     shutil.copytree(indexed_sample.dir, dst)
     shutil.rmtree(dst / "indices")
-    lib = Library(dst, replace(loader.settings, library=str(dst), vector_store="milvus"), loader=loader)
+    return Library(dst, replace(loader.settings, library=str(dst), vector_store=backend), loader=loader)
+
+
+def test_library_on_milvus_gives_same_agreement_search_and_evaluation(indexed_sample, sample_gallery, loader, tmp_path):
+    """A copy of the indexed sample library opened with vector_store=milvus: the indices are rebuilt
+    in Milvus Lite from the database, and agreement, search and evaluation match hnswlib."""
+    from explorer.core.evaluate import run_evaluation
+    from explorer.core.search import QuerySpec, Searcher
+    from explorer.core.store import ImageRow
+    from sqlalchemy import select
+
+    lib = _sample_library_on("milvus", tmp_path, indexed_sample, loader)
     try:
         rep = lib.check()
         assert all(r.rebuilt for r in rep.repairs.values())
@@ -256,10 +262,7 @@ def test_library_on_reduced_backend_reduces_all_three_indices(indexed_sample, sa
     from explorer.core.search import QuerySpec, Searcher
 
     monkeypatch.setattr(reduced, "FIT_MIN", 20)  # the sample gallery has 50 images: fit the projections
-    dst = tmp_path / "lib"
-    shutil.copytree(indexed_sample.dir, dst)
-    shutil.rmtree(dst / "indices")
-    lib = Library(dst, replace(loader.settings, library=str(dst), vector_store="hnswlib-pca8"), loader=loader)
+    lib = _sample_library_on("hnswlib-pca8", tmp_path, indexed_sample, loader)
     try:
         rep = lib.check()
         assert all(r.rebuilt for r in rep.repairs.values())
@@ -268,7 +271,7 @@ def test_library_on_reduced_backend_reduces_all_three_indices(indexed_sample, sa
             assert type(st).__name__ == "ReducedStore" and st.proj is not None and st.proj.shape[0] == 8, mode
             assert st.live_ids() == indexed_sample.index(mode).live_ids()
         lib.save_indices()
-        assert not Library(dst, replace(loader.settings, library=str(dst), vector_store="hnswlib-pca8"), loader=loader).check().lines()
+        assert not Library(lib.dir, replace(loader.settings, library=str(lib.dir), vector_store="hnswlib-pca8"), loader=loader).check().lines()
         a, b = Searcher(indexed_sample), Searcher(lib)
         for qp in sorted(sample_gallery.rglob("*.jpg"))[:3]:
             ra = a.search(QuerySpec(image=str(qp)), modes=("image", "caption", "fused"), k=10)

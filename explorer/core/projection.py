@@ -29,6 +29,7 @@ from typing import Callable
 import numpy as np
 
 from . import fusion
+from .blas import one_thread
 from .errors import Cancelled, ExplorerError
 from .modes import CAPTION, FUSED, HEAD, IMAGE, INDEXED, LEARNED
 
@@ -102,7 +103,8 @@ def pca(X: np.ndarray, n_components: int = 2, chunk: int = 16384, fit_rows: int 
     for s in range(0, len(F), chunk):
         B = F[s:s + chunk] - mean.astype(np.float32)
         cov += B.T @ B  # float32 products per chunk, float64 sum over chunks
-    with _one_blas_thread():
+    # LAPACK on small matrices with one thread: the threaded eigh/qr spun 13 s where one took 1 s (bench/views_speed.py)
+    with one_thread():
         V = _top_eigenvectors(cov, min(n_components, d), seed)
     V *= np.sign(V[np.abs(V).argmax(axis=0), np.arange(V.shape[1])])
     out = np.empty((n, V.shape[1]), np.float32)
@@ -112,14 +114,6 @@ def pca(X: np.ndarray, n_components: int = 2, chunk: int = 16384, fit_rows: int 
     if out.shape[1] < n_components:  # fewer dimensions than components asked for
         out = np.pad(out, ((0, 0), (0, n_components - out.shape[1])))
     return out
-
-
-def _one_blas_thread():
-    """LAPACK on small matrices with one thread: on a busy 2-core machine the threaded eigh/qr
-    spent 13 s spinning where one thread took 1 s (bench/views_speed.py)."""
-    from .blas import one_thread
-
-    return one_thread()
 
 
 def _top_eigenvectors(C: np.ndarray, k: int, seed: int = 0, exact_dims: int = 256, iters: int = 12) -> np.ndarray:
