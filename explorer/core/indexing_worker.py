@@ -242,10 +242,14 @@ class IndexingWorker:
         with self._run_lock:
             if self._closed:
                 raise ExplorerError("the indexing worker was closed")
-            if self._proc is None or not self._proc.is_alive():
-                self._discard()
-                self._start()
+            self._ensure_process()
             return self._proc.pid
+
+    def _ensure_process(self) -> None:
+        """A live process: the current one, or a new one after forgetting one that ended."""
+        if self._proc is None or not self._proc.is_alive():
+            self._discard()
+            self._start()
 
     def _start(self) -> None:
         ctx = mp.get_context("spawn")
@@ -273,9 +277,7 @@ class IndexingWorker:
 
     def _send_job(self, job, cancel) -> bool:
         """Start a process if none is alive and send ``job``; False when the process was gone."""
-        if self._proc is None or not self._proc.is_alive():
-            self._discard()
-            self._start()
+        self._ensure_process()
         if cancel is not None and cancel.is_set():
             self._stop.set()
         else:
