@@ -12,8 +12,8 @@ representation (``whole``, two scales). Variants:
 * ``dynamic-b1`` - as ``dynamic`` but every image alone (batch 1: fewest distinct input shapes);
 * ``static`` - today's default: as ``dynamic``, plus static per-shape models for shapes fed
   ``STATIC_PROMOTE_AFTER`` times (at most ``STATIC_MAX``);
-* ``static-eager`` - every shape compiled statically on first sight (``promote_after=1``), to
-  show what static models give and what compiling them costs.
+* ``static-eager`` - every shape compiled statically on first sight (``promote_after=1``, no
+  bound), to show what static models give and what compiling (and keeping) them costs.
 
 Each variant runs in its own process (OpenVINO/oneDNN keep per-process kernel caches, so a
 fresh process is the honest "first time these shapes are seen"), in the order
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -104,7 +105,7 @@ def run_variant(variant: str, photos: Path, n: int) -> dict:
     if variant == "dynamic-b1":
         effnet.BATCH = 1
     elif variant == "static-eager":
-        r.promote_after = 1
+        r.promote_after, r.static_max = 1, 4096  # no eviction: every shape keeps its static model
     pooling = Pooling()
     compute = (lambda b: _old_compute(core, b, pooling)) if variant == "old" else (lambda b: core._compute(b, pooling))
     out = {"variant": variant, "images": len(ims), "passes": []}
@@ -117,6 +118,7 @@ def run_variant(variant: str, photos: Path, n: int) -> dict:
     out["static_compile_s"] = round(r.static_compile_s, 2)
     out["static_kept"] = len(r.static_shapes())
     out["engine_threads"] = engines.engine_threads()
+    out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return out
 
 
@@ -191,7 +193,7 @@ def main(argv=None) -> int:
         if not args.json:
             r = runs[v][-1]
             print(f"  {v:13s} " + "  ".join(f"pass{i + 1} {q['wall_ms']:.1f} ms ({q['cpu_ms']:.1f} cpu)" for i, q in enumerate(r["passes"]))
-                  + f"  static compiled {r['static_compiled']} in {r['static_compile_s']} s", flush=True)
+                  + f"  static compiled {r['static_compiled']} in {r['static_compile_s']} s; peak RSS {r.get('peak_rss_mib')} MiB", flush=True)
     summary = {}
     for v, rs in runs.items():
         cold = [r["passes"][0] for r in rs]
@@ -202,6 +204,7 @@ def main(argv=None) -> int:
             "warm_wall_ms": round(sum(q["wall_ms"] for q in warm) / len(warm), 2),
             "warm_cpu_ms": round(sum(q["cpu_ms"] for q in warm) / len(warm), 2),
             "static_compiled": rs[0]["static_compiled"], "static_compile_s": rs[0]["static_compile_s"],
+            "peak_rss_mib": max(r.get("peak_rss_mib", 0) for r in rs),
         }
     result = {"photos": str(args.photos), "images": args.n, "load_before": round(load0, 2), "load_after": round(os.getloadavg()[0], 2),
               "preprocess": pre, "encoder_ms_per_image": summary}
@@ -213,7 +216,7 @@ def main(argv=None) -> int:
         base = summary.get("old")
         for v, s in summary.items():
             rel = f"  warm speed-up vs old {base['warm_wall_ms'] / s['warm_wall_ms']:.2f}x wall, {base['warm_cpu_ms'] / s['warm_cpu_ms']:.2f}x cpu; cold {base['cold_wall_ms'] / s['cold_wall_ms']:.2f}x" if base else ""
-            print(f"  {v:13s} cold {s['cold_wall_ms']:.1f} ms ({s['cold_cpu_ms']:.1f} cpu)  warm {s['warm_wall_ms']:.1f} ms ({s['warm_cpu_ms']:.1f} cpu){rel}")
+            print(f"  {v:13s} cold {s['cold_wall_ms']:.1f} ms ({s['cold_cpu_ms']:.1f} cpu)  warm {s['warm_wall_ms']:.1f} ms ({s['warm_cpu_ms']:.1f} cpu){rel}; peak RSS {s['peak_rss_mib']} MiB")
     return 0
 
 

@@ -23,6 +23,14 @@ pooling, so the encoder and the captioner never run the network twice on one ima
 and executed by ONNX Runtime or OpenVINO in float32; the classifier head and the pooling stay
 in torch. Vectors agree with torch to cosine >= 0.999 (tested), so the model id does not name
 the engine.
+
+**Feed path** (what reaches the backbone): each image is converted to RGB once for all scales
+and resized with PIL exactly as before; the uint8 pixels are normalised by a per-channel lookup
+table (``NORM_LUT``: the same float32 result as ``(v / 255 - MEAN) / STD``, bit for bit) straight
+into a C-contiguous float32 batch, which an exported engine gets without a torch round trip.
+Same-shape images are batched in power-of-two chunks (``pow2_chunks``), so an engine sees few
+distinct input shapes; in OpenVINO, frequent shapes also get static compiled models
+(``engines.OvRunner``, bounded LRU).
 """
 
 from __future__ import annotations

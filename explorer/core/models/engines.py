@@ -13,6 +13,10 @@ cache and the thin runners that execute an exported graph. It promises:
 - **Same vectors.** Engines run the same weights in float32 (OpenVINO is told f32 precision,
   as it would otherwise pick bf16 on CPUs that have it), so vectors agree with torch to
   cosine >= 0.999 (tested on real photos) and model ids do not change with the engine.
+- **Few first-seen shapes.** OpenVINO's dynamic-shape path pays a one-off cost for every input
+  shape it has not run yet; an ``OvRunner`` created with ``static_shapes`` also compiles static
+  models for the shapes it is fed most (``STATIC_PROMOTE_AFTER`` uses, at most ``STATIC_MAX``,
+  least recently used evicted), from whatever ``ov.Model`` it was given (any precision).
 - **Threads that do not fight.** Each runner uses at most ``engine_threads()`` intra-op
   threads and never spins idle threads, so decode threads of the pipeline get the cores
   while a model waits for its next batch.
