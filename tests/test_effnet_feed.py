@@ -175,3 +175,28 @@ def test_a_shared_runner_is_safe_across_threads(ov_core, photos):
     for (_, _, j), got in results.items():
         assert _cos(got, ref[j]) >= 0.9999
     assert len(runner.static_shapes()) <= 2
+
+
+@pytest.mark.slow
+@needs_openvino
+def test_compute_feeds_c_contiguous_numpy_in_power_of_two_batches(ov_core):
+    """The engine gets numpy straight from preprocessing (no torch copy) and few distinct batch sizes."""
+    from explorer.core.models.effnet import Pooling
+
+    calls = []
+    orig = ov_core.feature_map
+
+    def spy(x):
+        calls.append((type(x), x.flags["C_CONTIGUOUS"] if isinstance(x, np.ndarray) else None, tuple(x.shape)))
+        return orig(x)
+
+    ims = [Image.new("RGB", (400, 300), (10 * i, 100, 200)) for i in range(7)] + [Image.new("L", (300, 400), 90)]
+    ov_core.feature_map = spy
+    try:
+        got = ov_core._compute(ims, Pooling("whole", (1.0,), 3.0))
+    finally:
+        ov_core.feature_map = orig
+    assert all(t is np.ndarray and c for t, c, _ in calls)
+    # seven 4:3 images -> batches of 4, 2, 1; the portrait greyscale one alone
+    assert sorted(s[0] for _, _, s in calls) == [1, 1, 2, 4]
+    assert got[0].shape == (8, 1280) and np.allclose(np.linalg.norm(got[0], axis=1), 1.0, atol=1e-5)

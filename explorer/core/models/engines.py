@@ -289,7 +289,8 @@ class OvRunner:
     least ``promote_after`` times (an LRU cache; an evicted shape starts counting again), and
     runs every other shape on the dynamic model: OpenVINO's dynamic path re-plans its kernels
     per call, a static model does not. Any ``ov.Model`` (f32 or quantized) or model file works.
-    One call runs at a time (one core budget; callers in several threads queue on a lock).
+    One call runs at a time (one core budget; callers in several threads queue on a lock); the
+    call that promotes a shape compiles it first (80-240 ms, once per shape while it is kept).
     """
 
     engine = "openvino"
