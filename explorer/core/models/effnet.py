@@ -185,6 +185,8 @@ def preprocess_one(im: Image.Image, side: int, mode: str) -> np.ndarray:
 def preprocess(images: Sequence[Image.Image], side: int = INPUT_SIZE, mode: str = "crop") -> np.ndarray:
     """A C-contiguous (n, 3, H, W) batch of images that share one input shape (always true for ``crop`` and ``stretch``)."""
     arrays = [np.asarray(resized(as_rgb(im), side, mode)) for im in images]
+    if not arrays:
+        return np.zeros((0, 3, side, side), np.float32)
     if len({a.shape for a in arrays}) > 1:
         raise ValueError(f"preprocess: images of different input shapes in one batch: {sorted({a.shape for a in arrays})}")
     h, w = arrays[0].shape[:2]
