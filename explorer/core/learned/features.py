@@ -87,13 +87,12 @@ class BoxFeatures:
 
 
 def _preprocess_full(images: Sequence[Image.Image]) -> np.ndarray:
-    from ..models.effnet import MEAN, STD
+    from ..models.effnet import as_rgb, normalise_into
 
     out = np.empty((len(images), 3, ROI_INPUT, ROI_INPUT), np.float32)
     for i, im in enumerate(images):
-        r = im.convert("RGB").resize((ROI_INPUT, ROI_INPUT), Image.Resampling.BILINEAR, reducing_gap=2.0)
-        a = np.asarray(r, np.float32) / 255.0
-        out[i] = ((a - MEAN) / STD).transpose(2, 0, 1)
+        r = as_rgb(im).resize((ROI_INPUT, ROI_INPUT), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        normalise_into(out[i], np.asarray(r))
     return out
 
 

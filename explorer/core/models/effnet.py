@@ -23,6 +23,14 @@ pooling, so the encoder and the captioner never run the network twice on one ima
 and executed by ONNX Runtime or OpenVINO in float32; the classifier head and the pooling stay
 in torch. Vectors agree with torch to cosine >= 0.999 (tested), so the model id does not name
 the engine.
+
+**Feed path** (what reaches the backbone): each image is converted to RGB once for all scales
+and resized with PIL exactly as before; the uint8 pixels are normalised by a per-channel lookup
+table (``NORM_LUT``: the same float32 result as ``(v / 255 - MEAN) / STD``, bit for bit) straight
+into a C-contiguous float32 batch, which an exported engine gets without a torch round trip.
+Same-shape images are batched in power-of-two chunks (``pow2_chunks``), so an engine sees few
+distinct input shapes; in OpenVINO, frequent shapes also get static compiled models
+(``engines.OvRunner``, bounded LRU).
 """
 
 from __future__ import annotations
@@ -138,25 +146,69 @@ def input_size(width: int, height: int, side: int, mode: str) -> tuple[int, int]
     return snap(w), snap(h)
 
 
-def preprocess_one(im: Image.Image, side: int, mode: str) -> np.ndarray:
-    """One image as a normalised (3, H, W) array at nominal ``side`` in geometry ``mode``."""
-    rgb = im.convert("RGB")
-    w, h = rgb.size
+#: uint8 -> normalised float32 per channel, (3, 256): the same float32 arithmetic as
+#: ``(v / 255 - MEAN) / STD`` on each value, so a lookup gives the formula's result bit for bit
+#: (tested) at the cost of one gather per pixel instead of three float passes and a copy.
+NORM_LUT = ((np.arange(256, dtype=np.float32)[None, :] / np.float32(255.0) - MEAN[:, None]) / STD[:, None]).astype(np.float32)
+
+
+def as_rgb(im: Image.Image) -> Image.Image:
+    """The image in RGB, without a copy when it already is (resizing never writes into its source)."""
+    return im if im.mode == "RGB" else im.convert("RGB")
+
+
+def normalise_into(out: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    """Write the (H, W, 3) uint8 ``pixels`` into ``out`` (3, H, W) float32, normalised with ``NORM_LUT``."""
+    for c in range(3):
+        np.take(NORM_LUT[c], pixels[:, :, c], out=out[c])
+    return out
+
+
+def resized(im: Image.Image, side: int, mode: str) -> Image.Image:
+    """The network input for one RGB image at nominal ``side`` in geometry ``mode`` (bilinear, as always)."""
+    w, h = im.size
     if mode == "crop":
         s = side / min(w, h)
         nw, nh = max(side, round(w * s)), max(side, round(h * s))
-        r = rgb.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        r = im.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=2.0)
         left, top = (nw - side) // 2, (nh - side) // 2
-        r = r.crop((left, top, left + side, top + side))
-    else:
-        r = rgb.resize(input_size(w, h, side, mode), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    a = np.asarray(r, dtype=np.float32) / 255.0
-    return ((a - MEAN) / STD).transpose(2, 0, 1)
+        return r.crop((left, top, left + side, top + side))
+    return im.resize(input_size(w, h, side, mode), Image.Resampling.BILINEAR, reducing_gap=2.0)
+
+
+def preprocess_one(im: Image.Image, side: int, mode: str) -> np.ndarray:
+    """One image as a normalised, C-contiguous (3, H, W) float32 array at nominal ``side`` in geometry ``mode``."""
+    a = np.asarray(resized(as_rgb(im), side, mode))
+    return normalise_into(np.empty((3, a.shape[0], a.shape[1]), np.float32), a)
 
 
 def preprocess(images: Sequence[Image.Image], side: int = INPUT_SIZE, mode: str = "crop") -> np.ndarray:
-    """A batch of images that share one input shape (always true for ``crop`` and ``stretch``)."""
-    return np.stack([preprocess_one(im, side, mode) for im in images]).astype(np.float32)
+    """A C-contiguous (n, 3, H, W) batch of images that share one input shape (always true for ``crop`` and ``stretch``)."""
+    arrays = [np.asarray(resized(as_rgb(im), side, mode)) for im in images]
+    if not arrays:
+        return np.zeros((0, 3, side, side), np.float32)
+    if len({a.shape for a in arrays}) > 1:
+        raise ValueError(f"preprocess: images of different input shapes in one batch: {sorted({a.shape for a in arrays})}")
+    h, w = arrays[0].shape[:2]
+    out = np.empty((len(arrays), 3, h, w), np.float32)
+    for i, a in enumerate(arrays):
+        normalise_into(out[i], a)
+    return out
+
+
+def pow2_chunks(idx: Sequence[int], limit: int) -> list[list[int]]:
+    """``idx`` cut into chunks whose sizes are powers of two (at most ``limit``), largest first.
+
+    An engine pays a one-off cost for every input shape it has not seen (OpenVINO's dynamic
+    shapes: 3-5x the warm call), and the batch size is part of the shape: with power-of-two
+    chunks a group of k same-shape images gives at most log2(limit) + 1 batch sizes, not k.
+    """
+    out, start, n = [], 0, len(idx)
+    while start < n:
+        size = 1 << ((min(n - start, limit)).bit_length() - 1)
+        out.append(list(idx[start : start + size]))
+        start += size
+    return out
 
 
 def gem(fmap, p: float):
@@ -206,6 +258,7 @@ class EffNetCore:
                         name, "effnet-lite0-features", engines.weights_digest([path]),
                         lambda: (_Features(self.model), (torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE),)),
                         ["x"], ["fmap"], {"x": {0: "n", 2: "h", 3: "w"}, "fmap": {0: "n", 2: "fh", 3: "fw"}},
+                        static_shapes=engines.STATIC_MAX,
                     )
                     self.engine = name
                 except ModelUnavailable as e:
@@ -221,17 +274,23 @@ class EffNetCore:
         )
 
     def feature_map(self, x):
-        """The backbone's final feature map for a normalised batch ``x`` (n, 3, H, W) -> (n, 1280, h, w).
+        """The backbone's final feature map for a normalised batch ``x`` (n, 3, H, W) -> torch (n, 1280, h, w).
 
         The one place the backbone runs: every caller (global descriptor, box features) goes
-        through it, so an inference engine can replace the network here alone.
+        through it, so an inference engine can replace the network here alone. ``x`` is a torch
+        tensor or a numpy array; an exported engine gets it as a C-contiguous float32 array
+        made by numpy (torch's copy of a channels-last tensor woke its thread pool: 1-6 ms a call).
         """
-        if self._runner is None:
-            return self.model.forward_features(x)
         import torch
 
-        a = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        return torch.from_numpy(self._runner.run({"x": a})[0]).to(x.device)
+        if self._runner is None:
+            if isinstance(x, np.ndarray):
+                x = torch.from_numpy(x).to(self.device)
+            return self.model.forward_features(x)
+        a = x if isinstance(x, np.ndarray) else x.detach().to("cpu", torch.float32).numpy()
+        a = np.ascontiguousarray(a, dtype=np.float32)
+        fmap = torch.from_numpy(self._runner.run({"x": a})[0])
+        return fmap if isinstance(x, np.ndarray) else fmap.to(x.device)
 
     def classify(self, fmap):
         """ImageNet logits from a feature map (the classifier head)."""
@@ -249,7 +308,7 @@ class EffNetCore:
             return [self._cache[(id(im), pooling)] for im in images]
 
     def _compute(self, images: Sequence[Image.Image], pooling: Pooling) -> tuple[np.ndarray, np.ndarray]:
-        """Multi-scale GeM: per scale, images grouped by input shape, run in batches through ``feature_map``."""
+        """Multi-scale GeM: per scale, images grouped by input shape, run in power-of-two batches through ``feature_map``."""
         import torch
 
         n = len(images)
@@ -257,16 +316,16 @@ class EffNetCore:
         probs = np.zeros((n, 1000), np.float32)
         # the scale-1 pass (or the one closest to it) gives the class probabilities
         prob_scale = min(range(len(pooling.scales)), key=lambda j: abs(math.log(pooling.scales[j])))
+        rgb = [as_rgb(im) for im in images]  # converted once for all scales
         for j, scale in enumerate(pooling.scales):
             side = int(round(INPUT_SIZE * scale))
             groups: dict[tuple[int, int], list[int]] = {}
-            for i, im in enumerate(images):
+            for i, im in enumerate(rgb):
                 key = input_size(im.width, im.height, side, pooling.preprocess)
                 groups.setdefault(key, []).append(i)
             for idx in groups.values():
-                for start in range(0, len(idx), BATCH):
-                    chunk = idx[start : start + BATCH]
-                    x = torch.from_numpy(preprocess([images[i] for i in chunk], side, pooling.preprocess)).to(self.device)
+                for chunk in pow2_chunks(idx, BATCH):
+                    x = preprocess([rgb[i] for i in chunk], side, pooling.preprocess)
                     with torch.inference_mode():
                         fmap = self.feature_map(x)
                         g = gem(fmap.float(), pooling.gem_p).cpu().numpy()
