@@ -40,8 +40,8 @@ from ..errors import ModelUnavailable
 
 PRECISIONS = ("f32", "int8")
 INT8_SUFFIX = "+int8"
-#: Bump when ``calibration_images`` or the quantization call changes.
-CALIBRATION_VERSION = "1"
+#: Bump when ``calibration_images`` or the quantization call changes (2: the SSD's box decoding stays f32).
+CALIBRATION_VERSION = "2"
 #: At most this many calibration samples per model (NNCF's ``subset_size``).
 CALIBRATION_SIZE = 100
 NNCF_PIN = "nncf==3.4.0"
@@ -102,11 +102,14 @@ def cached_path(name: str, digest: str) -> Path:
     return engines.cache_dir() / f"{name}-int8-{digest}-nncf{nncf.__version__}-cal{CALIBRATION_VERSION}x{CALIBRATION_SIZE}.xml"
 
 
-def quantized_model(name: str, digest: str, source: Callable[[], object], samples: Callable[[], Sequence[np.ndarray]]) -> Path:
+def quantized_model(name: str, digest: str, source: Callable[[], object], samples: Callable[[], Sequence[np.ndarray]],
+                    keep_f32: Sequence[str] = ()) -> Path:
     """The cached int8 IR for ``name`` (``digest``: the source weights' hash); quantizes it first when missing.
 
     ``source()`` returns the f32 ``openvino.Model`` (or a path to one) and ``samples()`` the
     calibration inputs (one array per inference); both are only called on a cache miss.
+    ``keep_f32``: regular expressions of operation names NNCF must leave in float32 (arithmetic
+    that is no network layer, e.g. the SSD's box decoding, whose 8-bit outputs would move boxes).
     """
     import nncf
     import openvino as ov
@@ -130,7 +133,8 @@ def quantized_model(name: str, digest: str, source: Callable[[], object], sample
             nncf.set_log_level(40)  # errors only
             print(f"note: quantizing {name} to int8 once ({len(data)} calibration photos)", file=sys.stderr)
             with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars never reach stdout (--json)
-                q = nncf.quantize(model, nncf.Dataset(data), subset_size=len(data))
+                ignored = nncf.IgnoredScope(patterns=list(keep_f32), validate=False) if keep_f32 else None
+                q = nncf.quantize(model, nncf.Dataset(data), subset_size=len(data), ignored_scope=ignored)
             ov.save_model(q, str(tmp), compress_to_fp16=False)
             os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
             os.replace(tmp, xml)
@@ -144,12 +148,12 @@ def quantized_model(name: str, digest: str, source: Callable[[], object], sample
 
 
 def int8_runner(name: str, digest: str, source: Callable[[], object], samples: Callable[[], Sequence[np.ndarray]],
-                output_names: Sequence[str] | None = None):
+                output_names: Sequence[str] | None = None, keep_f32: Sequence[str] = ()):
     """An ``engines.OvRunner`` on the cached int8 model; a cached file that does not load is quantized again once."""
     from . import engines
 
     for attempt in (0, 1):
-        xml = quantized_model(name, digest, source, samples)
+        xml = quantized_model(name, digest, source, samples, keep_f32)
         try:
             return engines.OvRunner(xml, output_names)
         except Exception as e:  # noqa: BLE001

@@ -107,7 +107,8 @@ class SSDDetector(Detector):
         if self.precision == "int8":  # quantized once (quantize.py); no fall-back to f32
             quantize.require_int8(self.engine, "the detector")
             self._runner = quantize.int8_runner("ssd-mobilenet-v2", engines.weights_digest([files[0]]),
-                                                lambda: _openvino_ir(files[0]), _calibration_inputs, OV_RAW_OUTPUTS)
+                                                lambda: _openvino_ir(files[0]), _calibration_inputs, OV_RAW_OUTPUTS,
+                                                keep_f32=OV_BOX_DECODING)
             return
         if self.engine == "openvino":
             try:
@@ -173,6 +174,8 @@ class SSDDetector(Detector):
 
 #: the graph's decoded boxes and sigmoid class scores, before TF's slow looped post-processing
 OV_RAW_OUTPUTS = ("Postprocessor/Reshape_2", "Postprocessor/convert_scores")
+#: the anchor-box decoding at the end of the graph: kept float32 in int8 (8-bit box coordinates would move boxes)
+OV_BOX_DECODING = (r"Postprocessor/.*",)
 GRAPH_NMS_IOU = 0.6  # what the graph's own post-processing (and OpenCV's DetectionOutput) use
 GRAPH_TOP_K = 100
 
