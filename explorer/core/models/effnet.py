@@ -305,6 +305,7 @@ def _features_module(model):
 
 _Features = _features_module
 
+
 def _calibration_inputs() -> list[np.ndarray]:
     """int8 calibration inputs (quantize.py's photos), the default geometry, scales taken in turn."""
     return [preprocess_one(im, int(round(INPUT_SIZE * DEFAULT_SCALES[i % len(DEFAULT_SCALES)])), "whole")[None]
