@@ -11,8 +11,8 @@ and the quantized-model cache. It promises:
 - **Model ids record int8.** int8 changes the vectors (cosine to f32 well under 0.999, see the
   README), so ``model_id(base, precision)`` appends ``INT8_SUFFIX`` for int8: a library indexed
   in f32 re-embeds its images (and re-detects, hence re-captions) once on a switch and never
-  mixes vectors of the two precisions. The text encoder stays in f32, so caption vectors of
-  unchanged caption texts are kept.
+  mixes vectors of the two precisions. The text encoder stays in f32, so person-written
+  captions keep their vectors; generated captions are re-made (the detector changed) and re-embedded.
 - **Quantize once.** A quantized model is cached in the engine cache (``engines.cache_dir()``)
   as OpenVINO IR whose file name carries the source model's weights hash, the NNCF version and
   ``CALIBRATION_VERSION`` with the calibration size; it is written under a temporary name and
