@@ -3,6 +3,8 @@ ids that record int8, agreement with f32 above a measured floor, and a library t
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -140,20 +142,29 @@ def test_switching_a_library_to_int8_re_embeds_images_once(tmp_path, sample_gall
         shutil.copytree(sample_gallery / d, folder / d)
     lib_dir = tmp_path / "lib"
     n = len(list(folder.rglob("*.jpg")))
+    # the cat photos have person-written captions: their caption vectors must survive the switch
+    from explorer.core.captions.user import CaptionsFile
+
+    cats = {os.path.realpath(p): "my cat on a chair" for p in (folder / "cat").glob("*.jpg")}
+    captions = CaptionsFile(cats, "test")
 
     def run(precision):
         st = Settings(library=str(lib_dir), engine="openvino", engine_precision=precision)
         lib = Library(lib_dir, st, loader=ModelLoader(st))
         try:
-            s = Indexer(lib).run([folder])
+            s = Indexer(lib, captions_file=captions).run([folder])
             have = lib.catalog.ids_with_vector("image", lib.image_model.model_id)
-            return s, lib.image_model.model_id, len(have)
+            keys = lib.catalog.ok_path_keys()
+            cat_ids = {keys[os.fsencode(p)] for p in cats}
+            seqs = {r[0]: r[3] for r in lib.catalog.vectors_since("caption", lib.text_model.model_id, 0) if r[0] in cat_ids}
+            return s, lib.image_model.model_id, len(have), seqs
         finally:
             lib.close()
 
-    s, mid32, have = run("f32")
-    assert s.indexed == n and have == n
-    s, mid8, have = run("int8")
+    s, mid32, have, seqs32 = run("f32")
+    assert s.indexed == n and have == n and len(seqs32) == len(cats) > 0
+    s, mid8, have, seqs8 = run("int8")
     assert mid8 == mid32 + quantize.INT8_SUFFIX and have == n and s.unchanged == 0  # every image redone once
-    s, _, have = run("int8")
+    assert seqs8 == seqs32  # person-written captions were not re-embedded
+    s, _, have, _ = run("int8")
     assert s.unchanged == n and have == n  # and not again
