@@ -14,8 +14,8 @@ and the quantized-model cache. It promises:
   mixes vectors of the two precisions. The text encoder stays in f32, so person-written
   captions keep their vectors; generated captions are re-made (the detector changed) and re-embedded.
 - **Quantize once.** A quantized model is cached in the engine cache (``engines.cache_dir()``)
-  as OpenVINO IR whose file name carries the source model's weights hash, the NNCF version and
-  ``CALIBRATION_VERSION`` with the calibration size; it is written under a temporary name and
+  as OpenVINO IR whose file name carries the source model's weights hash, the NNCF and OpenVINO
+  versions and ``CALIBRATION_VERSION`` with the calibration size; it is written under a temporary name and
   renamed (``.bin`` first, then ``.xml``), so a crash never leaves a half-written model. A
   cached file that OpenVINO cannot read or compile is removed and quantized again, once.
 - **Calibration data ships with the app's dependencies:** ``calibration_images`` are the
@@ -95,11 +95,15 @@ def calibration_images():
 
 
 def cached_path(name: str, digest: str) -> Path:
+    """Where the int8 IR of ``name`` is cached: named by the source weights' hash, the NNCF and
+    OpenVINO versions (the IR is converted and saved by OpenVINO), the calibration version and size."""
     import nncf
+    import openvino as ov
 
     from . import engines
 
-    return engines.cache_dir() / f"{name}-int8-{digest}-nncf{nncf.__version__}-cal{CALIBRATION_VERSION}x{CALIBRATION_SIZE}.xml"
+    ovv = ov.__version__.split("-")[0]
+    return engines.cache_dir() / f"{name}-int8-{digest}-nncf{nncf.__version__}-ov{ovv}-cal{CALIBRATION_VERSION}x{CALIBRATION_SIZE}.xml"
 
 
 def quantized_model(name: str, digest: str, source: Callable[[], object], samples: Callable[[], Sequence[np.ndarray]],
