@@ -20,10 +20,15 @@ In one process this script
    (the pipeline's decode pool) gets a larger share of the cores, which flatters wall-clock
    ratios; CPU time is the steadier figure.
 
+With ``--int8`` a third configuration, ``openvino+int8`` (``--precision int8``: the NNCF-quantized
+image encoder and detector), runs in the same run: per-model and bare passes in the order torch,
+engine, int8 and back, the pipelines torch, engine, int8 on A and int8, engine, torch on B.
+
 Peak RSS per engine needs one process per engine: ``bench/index_throughput.py --engine E``.
 
     .venv/bin/python bench/engine_speed.py                 # 200 photos, batch 16, auto vs torch
     .venv/bin/python bench/engine_speed.py --n 64 --engine onnx --json
+    nice -n 10 .venv/bin/python bench/engine_speed.py --engine openvino --int8   # torch, f32, int8 in one run
 """
 
 from __future__ import annotations
@@ -47,31 +52,35 @@ from index_throughput import image_files, make_photos  # noqa: E402
 
 TARGET_SPEEDUP = 4.0
 TARGET_RATIO = 0.85
+#: the int8 configuration of ``--int8`` (engine+precision, see ``load_models``)
+INT8 = "openvino+int8"
 
 
-def load_models(engine: str, lib_dir: Path):
+def load_models(config: str, lib_dir: Path):
+    """``config``: an engine name, or ``ENGINE+PRECISION`` (``openvino+int8``)."""
     from explorer.core.config import Settings
-    from explorer.core.models import engines
+    from explorer.core.models import engines, quantize
     from explorer.core.models.registry import ModelLoader
 
-    settings = Settings(library=str(lib_dir), engine=engine)
+    engine, _, precision = config.partition("+")
+    settings = Settings(library=str(lib_dir), engine=engine, engine_precision=precision or "f32")
     loader = ModelLoader(settings)
-    before = dict(engines.export_seconds)
+    before = {**engines.export_seconds, **quantize.quantize_seconds}
     t = time.perf_counter()
     models = {r: loader.get(r) for r in ("detector", "captioner", "image", "text")}
     load_s = time.perf_counter() - t
-    exported = {k: round(v, 1) for k, v in engines.export_seconds.items() if k not in before}
+    exported = {k: round(v, 1) for k, v in {**engines.export_seconds, **quantize.quantize_seconds}.items() if k not in before}
     resolved = {r: getattr(m, "engine", getattr(getattr(m, "core", None), "engine", "torch")) for r, m in models.items() if r != "captioner"}
     return settings, loader, models, load_s, exported, resolved
 
 
-def bench(folder_a: Path, folder_b: Path, batch_size: int, workdir: Path, engine: str) -> dict:
+def bench(folder_a: Path, folder_b: Path, batch_size: int, workdir: Path, engine: str, int8: bool = False) -> dict:
     from explorer.core.imageio import load_image
     from explorer.core.library import Library
     from explorer.core.pipeline import Indexer
 
     runs = {}
-    for name in ("torch", engine):
+    for name in ("torch", engine) + ((INT8,) if int8 else ()):
         runs[name] = dict(zip(("settings", "loader", "models", "load_s", "exported", "resolved"),
                               load_models(name, workdir / f"lib-{name}")))
     files = image_files(folder_a) + image_files(folder_b)
@@ -126,8 +135,8 @@ def bench(folder_a: Path, folder_b: Path, batch_size: int, workdir: Path, engine
         bare[name]["n"] += len(ims)
 
     half = (len(decoded) // 2 // batch_size) * batch_size or len(decoded)
-    bare_forward("torch", decoded[:half])
-    bare_forward(engine, decoded[:half])
+    for name in runs:
+        bare_forward(name, decoded[:half])
 
     # -- full pipelines, ABBA ---------------------------------------------------------------------------
     pipe = {name: {"s": 0.0, "cpu": 0.0, "n": 0, "failed": 0} for name in runs}
@@ -143,13 +152,13 @@ def bench(folder_a: Path, folder_b: Path, batch_size: int, workdir: Path, engine
         pipe[name]["n"] += summary.indexed
         pipe[name]["failed"] += len(summary.failures)
 
-    index("torch", folder_a)
-    index(engine, folder_a)
-    index(engine, folder_b)
-    index("torch", folder_b)
+    for name in runs:  # A in order, B in reverse: torch, engine[, int8], [int8,] engine, torch
+        index(name, folder_a)
+    for name in reversed(runs):
+        index(name, folder_b)
 
-    bare_forward(engine, decoded[half:])
-    bare_forward("torch", decoded[half:])
+    for name in reversed(runs):
+        bare_forward(name, decoded[half:])
 
     rate = lambda d: d["n"] / d["s"] if d["s"] else 0.0  # noqa: E731
     out = {
@@ -175,6 +184,13 @@ def bench(folder_a: Path, folder_b: Path, batch_size: int, workdir: Path, engine
     out["pipeline_speedup"] = round(rate(pipe[engine]) / rate(pipe["torch"]), 2)
     out["bare_speedup"] = round(rate(bare[engine]) / rate(bare["torch"]), 2)
     out["pipeline_speedup_cpu"] = round(out["torch"]["pipeline_cpu_s_per_img"] / out[engine]["pipeline_cpu_s_per_img"], 2)
+    if int8:
+        out["int8"] = {
+            "pipeline_speedup_vs_torch": round(rate(pipe[INT8]) / rate(pipe["torch"]), 2),
+            "pipeline_speedup_vs_f32": round(rate(pipe[INT8]) / rate(pipe[engine]), 2),
+            "bare_speedup_vs_torch": round(rate(bare[INT8]) / rate(bare["torch"]), 2),
+            "pipeline_speedup_cpu_vs_torch": round(out["torch"]["pipeline_cpu_s_per_img"] / out[INT8]["pipeline_cpu_s_per_img"], 2),
+        }
     return out
 
 
@@ -183,6 +199,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=200, help="photos to generate (default 200)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--engine", default="auto", choices=("auto", "onnx", "openvino"))
+    ap.add_argument("--int8", action="store_true", help=f"also run {INT8} (the int8 precision) in the same ABBA run")
     ap.add_argument("--fresh-cache", action="store_true", help="export into an empty cache folder (measures first-run export)")
     ap.add_argument("--workdir", type=Path)
     ap.add_argument("--json", action="store_true")
@@ -204,7 +221,7 @@ def main(argv=None) -> int:
             os.link(p, (a if i % 2 == 0 else b) / p.name)
         for d in workdir.glob("lib-*"):
             shutil.rmtree(d, ignore_errors=True)
-        res = bench(a, b, args.batch_size, workdir, args.engine)
+        res = bench(a, b, args.batch_size, workdir, args.engine, args.int8)
     finally:
         tmp.cleanup()
     if args.json:
@@ -212,7 +229,7 @@ def main(argv=None) -> int:
         return 0
     e = args.engine
     print(f"images {res['images']} (two halves, ABBA), batch {res['batch_size']}, {res['cpus']} CPUs, load average at the end {res['load_avg_end']}")
-    for name in ("torch", e):
+    for name in ("torch", e) + ((INT8,) if args.int8 else ()):
         r = res[name]
         print(f"[{name}] engines {r['resolved']}; load {r['model_load_s']} s; first-run export {r['first_run_export_s'] or 'none (cached)'}")
         print(f"[{name}] alone: detector {r['per_model_per_s']['detector']} img/s, image encoder {r['per_model_per_s']['image']} img/s, "
@@ -226,6 +243,14 @@ def main(argv=None) -> int:
           f" in CPU time per image {res['pipeline_speedup_cpu']}x")
     verdict = "meets" if res[e]["pipeline_vs_bare"] >= TARGET_RATIO else "BELOW"
     print(f"pipeline / bare for {e}: {res[e]['pipeline_vs_bare']} ({verdict} the {TARGET_RATIO} target)")
+    if args.int8:
+        r = res["int8"]
+        verdict = "meets" if r["pipeline_speedup_vs_torch"] >= TARGET_SPEEDUP else "BELOW"
+        print(f"full pipeline speed-up {INT8} vs torch: {r['pipeline_speedup_vs_torch']}x ({verdict} the {TARGET_SPEEDUP}x target), "
+              f"vs {e} f32: {r['pipeline_speedup_vs_f32']}x; bare models vs torch {r['bare_speedup_vs_torch']}x; "
+              f"in CPU time per image vs torch {r['pipeline_speedup_cpu_vs_torch']}x")
+        verdict = "meets" if res[INT8]["pipeline_vs_bare"] >= TARGET_RATIO else "BELOW"
+        print(f"pipeline / bare for {INT8}: {res[INT8]['pipeline_vs_bare']} ({verdict} the {TARGET_RATIO} target)")
     return 0
 
 

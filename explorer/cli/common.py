@@ -15,6 +15,8 @@ import time
 
 from ..core.config import Settings
 from ..core.errors import ExplorerError
+from ..core.models.engines import ENGINES
+from ..core.models.quantize import PRECISIONS
 from ..core.models.registry import CAPTIONER, DETECTOR, IMAGE_ENCODER, TEXT_ENCODER
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
@@ -39,8 +41,11 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--caption-sources", dest="caption_sources", metavar="S1,S2",
                    help="caption sources to use besides the captioner: metadata, filename, folder, ocr, all or none "
                         "(default: metadata,filename); a change re-embeds captions only")
-    g.add_argument("--engine", choices=("auto", "torch", "onnx", "openvino"),
+    g.add_argument("--engine", choices=ENGINES,
                    help="inference engine of the offline default models (default auto: openvino if installed, else onnx)")
+    g.add_argument("--precision", dest="engine_precision", choices=PRECISIONS,
+                   help="precision of the OpenVINO engine: f32 (default) or int8 (quantized image encoder and detector; "
+                        "needs nncf; a switch re-embeds images once)")
     g.add_argument("--image-preprocess", dest="image_preprocess", choices=("whole", "stretch", "crop"),
                    help="EfficientNet input geometry (default whole: the whole image, aspect kept)")
     g.add_argument("--image-scales", dest="image_scales", metavar="S1,S2", help="multi-scale GeM scales (default 1,1.4142)")
@@ -66,7 +71,7 @@ def add_library_and_model_options(p: argparse.ArgumentParser) -> None:
 
 def settings_from(args) -> Settings:
     keys = {**ROLE_OPTIONS, "detector_labels": "detector_labels", "device": "device", "library": "library",
-            "caption_sources": "caption_sources", "engine": "engine", "vector_store": "vector_store",
+            "caption_sources": "caption_sources", "engine": "engine", "engine_precision": "engine_precision", "vector_store": "vector_store",
             "vector_store_uri": "vector_store_uri",
             **{k: k for k in ("image_preprocess", "image_scales", "gem_p", "whitening", "whitening_dim", "whitening_shrinkage")}}
     return Settings.load({k: getattr(args, a, None) for k, a in keys.items()})

@@ -61,13 +61,16 @@ def cmd_models(args) -> int:
             continue
         rows.append({"role": role, "backend": spec, "summary": entry.summary, "ready": av.ready, "where": av.where, "missing": av.hint})
         all_ready &= av.ready
-    from ..core.models import engines
+    from ..core.models import engines, quantize
 
     try:
         engine = {"setting": settings.engine, "encoders": engines.resolve(settings.engine),
-                  "detector": engines.resolve_detector(settings.engine), "cache": str(engines.cache_dir())}
+                  "detector": engines.resolve_detector(settings.engine), "cache": str(engines.cache_dir()),
+                  "precision": quantize.check_precision(settings.engine_precision)}
+        if engine["precision"] == "int8":
+            quantize.require_int8(engine["detector"], "the detector")
     except ExplorerError as e:
-        engine = {"setting": settings.engine, "error": str(e)}
+        engine = {"setting": settings.engine, "precision": settings.engine_precision, "error": str(e)}
         all_ready = False
     if args.json:
         print(json.dumps({"roles": rows, "ready": all_ready, "engine": engine, "available": [e.__dict__ for e in entries()]}, indent=2, default=list))
@@ -75,7 +78,8 @@ def cmd_models(args) -> int:
     if "error" in engine:
         print(f"engine     {engine['setting']:<28} MISSING\n{'':<10} to fix: {engine['error']}")
     else:
-        print(f"engine     {engine['setting']:<28} encoders: {engine['encoders']}, SSD detector: {engine['detector']}; exports cached in {engine['cache']}")
+        print(f"engine     {engine['setting']:<28} encoders: {engine['encoders']}, SSD detector: {engine['detector']}, "
+              f"precision {engine['precision']}; exports cached in {engine['cache']}")
     for r in rows:
         state = "ready" if r["ready"] else "MISSING"
         print(f"{r['role']:<10} {r['backend']:<28} {state}")

@@ -29,6 +29,7 @@ ENV_VARS = {
     "library": "EXPLORER_LIBRARY",
     "caption_sources": "EXPLORER_CAPTION_SOURCES",
     "engine": "EXPLORER_ENGINE",
+    "engine_precision": "EXPLORER_ENGINE_PRECISION",
     "vector_store": "EXPLORER_VECTOR_STORE",
     "vector_store_uri": "EXPLORER_VECTOR_STORE_URI",
     "search_vectors": "EXPLORER_SEARCH_VECTORS",
@@ -64,6 +65,9 @@ class Settings:
     caption_sources: tuple[str, ...] = DEFAULT_ENABLED
     #: Inference engine of the offline default models: auto, torch, onnx, openvino (see models/engines.py).
     engine: str = "auto"
+    #: Precision of the OpenVINO engine: f32 (default) or int8 (NNCF-quantized image encoder and
+    #: detector, see models/quantize.py). int8 changes their model ids: images are re-embedded once.
+    engine_precision: str = "f32"
     #: Vector-store backend of the library's indices (see ``explorer.core.vectorstore.BACKENDS``)
     #: and, for ``milvus``, a server address (empty: embedded Milvus Lite in the library folder).
     vector_store: str = "hnswlib"

@@ -22,7 +22,8 @@ pooling, so the encoder and the captioner never run the network twice on one ima
 (``engines.py``): the backbone is exported once to ONNX with dynamic batch, height and width
 and executed by ONNX Runtime or OpenVINO in float32; the classifier head and the pooling stay
 in torch. Vectors agree with torch to cosine >= 0.999 (tested), so the model id does not name
-the engine.
+the engine. With ``Settings.engine_precision`` int8 the backbone is NNCF-quantized
+(``quantize.py``) and the encoder's and classifier's model ids get ``quantize.INT8_SUFFIX``.
 
 **Feed path** (what reaches the backbone): each image is converted to RGB once for all scales
 and resized with PIL exactly as before; the uint8 pixels are normalised by a per-channel lookup
@@ -46,6 +47,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ModelUnavailable
+from . import quantize
 from .base import ClassScore, ImageEncoder, l2_normalise
 from .registry import Availability
 
@@ -219,7 +221,7 @@ def gem(fmap, p: float):
 class EffNetCore:
     """The network, loaded once, with a per-image result cache keyed weakly on the PIL object."""
 
-    def __init__(self, device: str = "auto", engine: str = "auto"):
+    def __init__(self, device: str = "auto", engine: str = "auto", precision: str = "f32"):
         import torch
         import timm
 
@@ -248,18 +250,26 @@ class EffNetCore:
         self.weights_path = str(path)
         self._runner = None  # an exported backbone (engines.py) replaces torch in feature_map
         self.engine = "torch"
+        self.precision = quantize.check_precision(precision)
+        if self.precision == "int8" and self.device.type != "cpu":
+            quantize.require_int8(self.device.type, "the image encoder")
         if self.device.type == "cpu":
             from . import engines
 
             name = engines.resolve(engine)
-            if name != "torch":
+            export = (
+                "effnet-lite0-features", engines.weights_digest([path]),
+                lambda: (_Features(self.model), (torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE),)),
+                ["x"], ["fmap"], {"x": {0: "n", 2: "h", 3: "w"}, "fmap": {0: "n", 2: "fh", 3: "fw"}},
+            )
+            if self.precision == "int8":  # quantized once (quantize.py); no fall-back to f32
+                quantize.require_int8(name, "the image encoder")
+                self._runner = quantize.int8_runner(export[0], export[1], lambda: engines.export_onnx(*export),
+                                                    _calibration_inputs, ["fmap"], static_shapes=engines.STATIC_MAX)
+                self.engine = name
+            elif name != "torch":
                 try:
-                    self._runner = engines.load_exported(
-                        name, "effnet-lite0-features", engines.weights_digest([path]),
-                        lambda: (_Features(self.model), (torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE),)),
-                        ["x"], ["fmap"], {"x": {0: "n", 2: "h", 3: "w"}, "fmap": {0: "n", 2: "fh", 3: "fw"}},
-                        static_shapes=engines.STATIC_MAX,
-                    )
+                    self._runner = engines.load_exported(name, *export, static_shapes=engines.STATIC_MAX)
                     self.engine = name
                 except ModelUnavailable as e:
                     engines.fall_back_or_raise(engine, e)
@@ -353,15 +363,22 @@ def _features_module(model):
 
 _Features = _features_module
 
-_CORES: dict[tuple[str, str], EffNetCore] = {}
+
+def _calibration_inputs() -> list[np.ndarray]:
+    """int8 calibration inputs (quantize.py's photos), the default geometry, scales taken in turn."""
+    return [preprocess_one(im, int(round(INPUT_SIZE * DEFAULT_SCALES[i % len(DEFAULT_SCALES)])), "whole")[None]
+            for i, im in enumerate(quantize.calibration_images())]
+
+
+_CORES: dict[tuple[str, str, str], EffNetCore] = {}
 _CORES_LOCK = threading.Lock()
 
 
-def shared_core(device: str, engine: str = "auto") -> EffNetCore:
+def shared_core(device: str, engine: str = "auto", precision: str = "f32") -> EffNetCore:
     with _CORES_LOCK:
-        if (device, engine) not in _CORES:
-            _CORES[(device, engine)] = EffNetCore(device, engine)
-        return _CORES[(device, engine)]
+        if (device, engine, precision) not in _CORES:
+            _CORES[(device, engine, precision)] = EffNetCore(device, engine, precision)
+        return _CORES[(device, engine, precision)]
 
 
 class EffNetImageEncoder(ImageEncoder):
@@ -370,7 +387,7 @@ class EffNetImageEncoder(ImageEncoder):
     def __init__(self, core: EffNetCore, pooling: Pooling = Pooling()):
         self.core = core
         self.pooling = pooling
-        self.model_id = pooling.model_id
+        self.model_id = quantize.model_id(pooling.model_id, core.precision)
         self.weights_path = core.weights_path
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -387,6 +404,7 @@ class EffNetClassifier:
 
     def __init__(self, core: EffNetCore, pooling: Pooling = Pooling()):
         self.core = core
+        self.model_id = quantize.model_id(EffNetClassifier.model_id, core.precision)
         self.pooling = pooling  # the encoder's, so both share one forward pass per image
         self.weights_path = core.weights_path
 
@@ -398,9 +416,13 @@ class EffNetClassifier:
         return out
 
 
+def _core(settings) -> EffNetCore:
+    return shared_core(settings.device, settings.engine, settings.engine_precision)
+
+
 def load_image_encoder(argument: str, loader) -> EffNetImageEncoder:
-    return EffNetImageEncoder(shared_core(loader.settings.device, loader.settings.engine), Pooling.from_settings(loader.settings))
+    return EffNetImageEncoder(_core(loader.settings), Pooling.from_settings(loader.settings))
 
 
 def load_classifier(argument: str, loader) -> EffNetClassifier:
-    return EffNetClassifier(shared_core(loader.settings.device, loader.settings.engine), Pooling.from_settings(loader.settings))
+    return EffNetClassifier(_core(loader.settings), Pooling.from_settings(loader.settings))

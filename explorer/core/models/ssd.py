@@ -10,6 +10,8 @@ anchor boxes and sigmoid scores and do the threshold and per-class NMS here, as 
 DetectionOutput layer does), fixed at 300x300 input, saved as float32 IR in the engine cache
 keyed by the graph's hash, and run there. Both paths get the same input (the RGB image resized
 to 300x300 with OpenCV's bilinear resize) and the same threshold, per-class NMS and cap afterwards.
+With ``Settings.engine_precision`` int8 that IR is NNCF-quantized (``quantize.py``) and the model
+id gets ``quantize.INT8_SUFFIX``; int8 needs the OpenVINO engine.
 """
 
 from __future__ import annotations
@@ -86,10 +88,10 @@ def box_iou(a, b) -> float:
 class SSDDetector(Detector):
     model_id = MODEL_ID
 
-    def __init__(self, threshold: float, engine: str = "auto"):
+    def __init__(self, threshold: float, engine: str = "auto", precision: str = "f32"):
         import cv2
 
-        from . import engines
+        from . import engines, quantize
 
         files = model_files()
         if files is None:
@@ -100,6 +102,14 @@ class SSDDetector(Detector):
         self._lock = threading.Lock()  # a cv2.dnn.Net is not safe to share between threads
         self.engine = engines.resolve_detector(engine)
         self._runner = None
+        self.precision = quantize.check_precision(precision)
+        self.model_id = quantize.model_id(MODEL_ID, self.precision)
+        if self.precision == "int8":  # quantized once (quantize.py); no fall-back to f32
+            quantize.require_int8(self.engine, "the detector")
+            self._runner = quantize.int8_runner("ssd-mobilenet-v2", engines.weights_digest([files[0]]),
+                                                lambda: _openvino_ir(files[0]), _calibration_inputs, OV_RAW_OUTPUTS,
+                                                keep_f32=OV_BOX_DECODING)
+            return
         if self.engine == "openvino":
             try:
                 self._runner = engines.OvRunner(_openvino_ir(files[0]), OV_RAW_OUTPUTS)
@@ -119,10 +129,7 @@ class SSDDetector(Detector):
     def _rows_openvino(self, images: Sequence[Image.Image]) -> np.ndarray:
         """OpenVINO: decoded anchor boxes and class scores, thresholded and NMS'd here like OpenCV's
         DetectionOutput layer does (per class, IoU 0.6, at most 100), as (image, class, score, x1, y1, x2, y2) rows."""
-        x = np.stack([
-            self.cv2.resize(np.asarray(im.convert("RGB")), (INPUT_SIZE, INPUT_SIZE), interpolation=self.cv2.INTER_LINEAR)
-            for im in images
-        ])
+        x = _network_input(images)
         boxes, scores = self._runner.run({"image_tensor:0": x})  # (n, 1917, 4) ymin xmin ymax xmax; (n, 1917, 91)
         rows = []
         for i in range(len(images)):
@@ -167,6 +174,8 @@ class SSDDetector(Detector):
 
 #: the graph's decoded boxes and sigmoid class scores, before TF's slow looped post-processing
 OV_RAW_OUTPUTS = ("Postprocessor/Reshape_2", "Postprocessor/convert_scores")
+#: the anchor-box decoding at the end of the graph: kept float32 in int8 (8-bit box coordinates would move boxes)
+OV_BOX_DECODING = (r"Postprocessor/.*",)
 GRAPH_NMS_IOU = 0.6  # what the graph's own post-processing (and OpenCV's DetectionOutput) use
 GRAPH_TOP_K = 100
 
@@ -222,5 +231,20 @@ def _openvino_ir(pb: Path) -> Path:
     return xml
 
 
+def _network_input(images: Sequence[Image.Image]) -> np.ndarray:
+    """The OpenVINO graph's input: RGB images resized to 300x300 by OpenCV's bilinear resize, (n, 300, 300, 3) uint8."""
+    import cv2
+
+    return np.stack([cv2.resize(np.asarray(im.convert("RGB")), (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_LINEAR)
+                     for im in images])
+
+
+def _calibration_inputs() -> list[np.ndarray]:
+    """int8 calibration inputs: quantize.py's photos, one per inference, as the detector feeds them."""
+    from . import quantize
+
+    return [_network_input([im]) for im in quantize.calibration_images()]
+
+
 def load_detector(argument: str, loader) -> SSDDetector:
-    return SSDDetector(loader.settings.detector_threshold, loader.settings.engine)
+    return SSDDetector(loader.settings.detector_threshold, loader.settings.engine, loader.settings.engine_precision)
