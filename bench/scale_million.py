@@ -128,9 +128,10 @@ def real_vectors(libraries: list[str]) -> np.ndarray:
 
 
 class FittedMixture:
-    """The generator of the module docstring (PCA basis + diagonal GMM + power-law tail)."""
+    """The generator of the module docstring (PCA basis + diagonal GMM + power-law tail), in ``dim``
+    dimensions (the image vectors' 1280; ``bench/library_memory.py`` fits joint image+caption pairs)."""
 
-    def __init__(self, fit: np.ndarray, components: int, seed: int):
+    def __init__(self, fit: np.ndarray, components: int, seed: int, dim: int = DIM):
         from sklearn.mixture import GaussianMixture
 
         x = np.asarray(fit, np.float64)
@@ -142,13 +143,13 @@ class FittedMixture:
         i = np.arange(1, len(lam) + 1)
         sel = (i >= 30) & (i <= min(600, len(lam)))
         self.slope, icpt = np.polyfit(np.log(i[sel]), np.log(lam[sel]), 1)
-        tail = np.exp(icpt) * np.arange(len(lam) + 1, DIM + 1, dtype=np.float64) ** self.slope
+        tail = np.exp(icpt) * np.arange(len(lam) + 1, dim + 1, dtype=np.float64) ** self.slope
         self.tail_energy = float(tail.sum())
         self.tail_fraction = self.tail_energy / float(lam.sum() + self.tail_energy)
-        self.tail_var = self.tail_energy / max(1, DIM - len(lam))  # per complement dimension
+        self.tail_var = self.tail_energy / max(1, dim - len(lam))  # per complement dimension
         # an orthonormal basis of the complement of the fitted span, where the tail noise goes
-        q, _ = np.linalg.qr(np.concatenate([self.basis.T, np.random.default_rng(seed).standard_normal((DIM, DIM - len(lam)))], 1))
-        self.complement = np.ascontiguousarray(q[:, len(lam):].T, np.float32)  # (DIM - r) x d
+        q, _ = np.linalg.qr(np.concatenate([self.basis.T, np.random.default_rng(seed).standard_normal((dim, dim - len(lam)))], 1))
+        self.complement = np.ascontiguousarray(q[:, len(lam):].T, np.float32)  # (dim - r) x dim
         self.gmm = GaussianMixture(components, covariance_type="diag", reg_covar=1e-6, random_state=seed, max_iter=300)
         self.gmm.fit((x - self.mu) @ self.basis.T)
         self.sd = np.sqrt(self.gmm.covariances_).astype(np.float32)

@@ -283,6 +283,42 @@ def test_library_on_reduced_backend_reduces_all_three_indices(indexed_sample, sa
         lib.close()
 
 
+def test_reduced_backend_with_its_own_caption_dimension(tmp_path):
+    """``hnswlib-pca<R>-caption<C>`` projects the caption index to C and the others to R; an index
+    whose dimension is not above its R stays plain hnswlib."""
+    assert check_backend("hnswlib-pca256-caption128") == "hnswlib-pca256-caption128"
+    with pytest.raises(ExplorerError, match="unknown vector store"):
+        check_backend("hnswlib-pca256-caption")
+    b = "hnswlib-pca16-caption8"
+    assert open_store(b, tmp_path, "image--m", 32).r == 16
+    assert open_store(b, tmp_path, "fused--m--t", 48).r == 16
+    assert open_store(b, tmp_path, "caption--t", 24).r == 8
+    assert open_store("hnswlib-pca16", tmp_path, "caption--t", 24).r == 16
+    assert type(open_store("hnswlib-pca16-caption32", tmp_path, "caption--t", 24)).__name__ == "HnswlibStore"
+
+
+def test_library_on_reduced_backend_with_a_caption_dimension(indexed_sample, sample_gallery, loader, tmp_path, monkeypatch):
+    """A library on ``hnswlib-pca8-caption4``: the caption index at 4 dimensions, image and fused at 8;
+    the search ranks as on hnswlib."""
+    import explorer.core.vectorstore.reduced as reduced
+    from explorer.core.search import QuerySpec, Searcher
+
+    monkeypatch.setattr(reduced, "FIT_MIN", 20)
+    lib = _sample_library_on("hnswlib-pca8-caption4", tmp_path, indexed_sample, loader)
+    try:
+        lib.check()
+        assert {m: lib.index(m).proj.shape[0] for m in ("image", "caption", "fused")} == {"image": 8, "caption": 4, "fused": 8}
+        a, b = Searcher(indexed_sample), Searcher(lib)
+        for qp in sorted(sample_gallery.rglob("*.jpg"))[:3]:
+            ra = a.search(QuerySpec(image=str(qp)), modes=("image", "caption", "fused"), k=10)
+            rb = b.search(QuerySpec(image=str(qp)), modes=("image", "caption", "fused"), k=10)
+            for m in ("image", "caption", "fused"):
+                sa, sb = [h.score for h in ra.modes[m].hits], [h.score for h in rb.modes[m].hits]
+                assert_same_ranking([h.image_id for h in ra.modes[m].hits], sa, [h.image_id for h in rb.modes[m].hits], sb)
+    finally:
+        lib.close()
+
+
 def test_live_ids_bitmap_behaves_as_a_set():
     from explorer.core.vectorstore.liveids import LiveIds
 
