@@ -144,6 +144,19 @@ def test_milvus_same_top10_as_hnswlib_on_sample_gallery(indexed_sample, tmp_path
 
 
 @needs_milvus
+def assert_searches_rank_alike(lib_a, lib_b, gallery, n: int = 3) -> None:
+    """Image queries of ``n`` gallery photos rank alike in every indexed mode on both libraries."""
+    from explorer.core.search import QuerySpec, Searcher
+
+    a, b = Searcher(lib_a), Searcher(lib_b)
+    for qp in sorted(gallery.rglob("*.jpg"))[:n]:
+        ra = a.search(QuerySpec(image=str(qp)), modes=("image", "caption", "fused"), k=10)
+        rb = b.search(QuerySpec(image=str(qp)), modes=("image", "caption", "fused"), k=10)
+        for m in ("image", "caption", "fused"):
+            sa, sb = [h.score for h in ra.modes[m].hits], [h.score for h in rb.modes[m].hits]
+            assert_same_ranking([h.image_id for h in ra.modes[m].hits], sa, [h.image_id for h in rb.modes[m].hits], sb)
+
+
 def _sample_library_on(backend: str, tmp_path, indexed_sample, loader):
     """A copy of the indexed sample library without its indices, opened on ``backend``."""
     from explorer.core.library import Library
@@ -259,7 +272,6 @@ def test_library_on_reduced_backend_reduces_all_three_indices(indexed_sample, sa
     here on the sample gallery), and the library's search through them ranks as on hnswlib."""
     import explorer.core.vectorstore.reduced as reduced
     from explorer.core.library import Library
-    from explorer.core.search import QuerySpec, Searcher
 
     monkeypatch.setattr(reduced, "FIT_MIN", 20)  # the sample gallery has 50 images: fit the projections
     lib = _sample_library_on("hnswlib-pca8", tmp_path, indexed_sample, loader)
@@ -272,13 +284,7 @@ def test_library_on_reduced_backend_reduces_all_three_indices(indexed_sample, sa
             assert st.live_ids() == indexed_sample.index(mode).live_ids()
         lib.save_indices()
         assert not Library(lib.dir, replace(loader.settings, library=str(lib.dir), vector_store="hnswlib-pca8"), loader=loader).check().lines()
-        a, b = Searcher(indexed_sample), Searcher(lib)
-        for qp in sorted(sample_gallery.rglob("*.jpg"))[:3]:
-            ra = a.search(QuerySpec(image=str(qp)), modes=("image", "caption", "fused"), k=10)
-            rb = b.search(QuerySpec(image=str(qp)), modes=("image", "caption", "fused"), k=10)
-            for m in ("image", "caption", "fused"):
-                sa, sb = [h.score for h in ra.modes[m].hits], [h.score for h in rb.modes[m].hits]
-                assert_same_ranking([h.image_id for h in ra.modes[m].hits], sa, [h.image_id for h in rb.modes[m].hits], sb)
+        assert_searches_rank_alike(indexed_sample, lib, sample_gallery)
     finally:
         lib.close()
 
@@ -301,20 +307,13 @@ def test_library_on_reduced_backend_with_a_caption_dimension(indexed_sample, sam
     """A library on ``hnswlib-pca8-caption4``: the caption index at 4 dimensions, image and fused at 8;
     the search ranks as on hnswlib."""
     import explorer.core.vectorstore.reduced as reduced
-    from explorer.core.search import QuerySpec, Searcher
 
     monkeypatch.setattr(reduced, "FIT_MIN", 20)
     lib = _sample_library_on("hnswlib-pca8-caption4", tmp_path, indexed_sample, loader)
     try:
         lib.check()
         assert {m: lib.index(m).proj.shape[0] for m in ("image", "caption", "fused")} == {"image": 8, "caption": 4, "fused": 8}
-        a, b = Searcher(indexed_sample), Searcher(lib)
-        for qp in sorted(sample_gallery.rglob("*.jpg"))[:3]:
-            ra = a.search(QuerySpec(image=str(qp)), modes=("image", "caption", "fused"), k=10)
-            rb = b.search(QuerySpec(image=str(qp)), modes=("image", "caption", "fused"), k=10)
-            for m in ("image", "caption", "fused"):
-                sa, sb = [h.score for h in ra.modes[m].hits], [h.score for h in rb.modes[m].hits]
-                assert_same_ranking([h.image_id for h in ra.modes[m].hits], sa, [h.image_id for h in rb.modes[m].hits], sb)
+        assert_searches_rank_alike(indexed_sample, lib, sample_gallery)
     finally:
         lib.close()
 

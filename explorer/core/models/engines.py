@@ -221,6 +221,27 @@ def export_onnx(
     return path
 
 
+def write_ir(xml: Path, make: Callable[[], object]) -> None:
+    """Save the OpenVINO model that ``make()`` returns as float32 IR at ``xml``, atomically.
+
+    It is written under a temporary name and renamed, ``.bin`` first and then ``.xml``, so a crash
+    never leaves a half-written model that a later run would load (callers test for the ``.xml``
+    and its ``.bin``). On any error the temporary files are removed and the error re-raised.
+    """
+    import openvino as ov
+
+    xml.parent.mkdir(parents=True, exist_ok=True)
+    tmp = xml.with_name(f".{xml.stem}.{os.getpid()}.{threading.get_ident()}.tmp.xml")
+    try:
+        ov.save_model(make(), str(tmp), compress_to_fp16=False)
+        os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
+        os.replace(tmp, xml)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        tmp.with_suffix(".bin").unlink(missing_ok=True)
+        raise
+
+
 # ---------------------------------------------------------------------------------------
 # runners
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import os
 import sys
 import threading
 import time
@@ -116,7 +115,6 @@ def quantized_model(name: str, digest: str, source: Callable[[], object], sample
     that is no network layer, e.g. the SSD's box decoding, whose 8-bit outputs would move boxes).
     """
     import nncf
-    import openvino as ov
 
     from . import engines
 
@@ -127,9 +125,8 @@ def quantized_model(name: str, digest: str, source: Callable[[], object], sample
         if xml.is_file() and xml.with_suffix(".bin").is_file():
             return xml
         t = time.perf_counter()
-        xml.parent.mkdir(parents=True, exist_ok=True)
-        tmp = xml.with_name(f".{xml.stem}.{os.getpid()}.{threading.get_ident()}.tmp.xml")
-        try:
+
+        def quantized():
             model = source()
             if isinstance(model, (str, Path)):
                 model = engines.ov_core().read_model(str(model))
@@ -138,13 +135,11 @@ def quantized_model(name: str, digest: str, source: Callable[[], object], sample
             print(f"note: quantizing {name} to int8 once ({len(data)} calibration photos)", file=sys.stderr)
             with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars never reach stdout (--json)
                 ignored = nncf.IgnoredScope(patterns=list(keep_f32), validate=False) if keep_f32 else None
-                q = nncf.quantize(model, nncf.Dataset(data), subset_size=len(data), ignored_scope=ignored)
-            ov.save_model(q, str(tmp), compress_to_fp16=False)
-            os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
-            os.replace(tmp, xml)
+                return nncf.quantize(model, nncf.Dataset(data), subset_size=len(data), ignored_scope=ignored)
+
+        try:
+            engines.write_ir(xml, quantized)
         except Exception as e:  # noqa: BLE001 - any quantization failure is one clear line
-            tmp.unlink(missing_ok=True)
-            tmp.with_suffix(".bin").unlink(missing_ok=True)
             msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             raise ModelUnavailable(f"cannot quantize {name} to int8: {msg} (use --precision f32)") from None
         quantize_seconds[xml.name] = time.perf_counter() - t

@@ -198,8 +198,7 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, idx: np.ndarray, iou: float) -> 
 
 
 def _openvino_ir(pb: Path) -> Path:
-    """The frozen graph converted to float32 OpenVINO IR, once, in the engine cache (atomic rename)."""
-    import os
+    """The frozen graph converted to float32 OpenVINO IR, once, in the engine cache (``engines.write_ir``: atomic)."""
     import time
 
     import openvino as ov
@@ -211,21 +210,19 @@ def _openvino_ir(pb: Path) -> Path:
     if xml.is_file() and xml.with_suffix(".bin").is_file():
         return xml
     t = time.perf_counter()
-    xml.parent.mkdir(parents=True, exist_ok=True)
-    tmp = xml.with_name(f".{xml.stem}.{os.getpid()}.{threading.get_ident()}.tmp.xml")
-    try:
+
+    def convert():
         full = ov.convert_model(str(pb))
         ops = {o.get_friendly_name(): o for o in full.get_ordered_ops()}
         model = ov.Model([ops[n].output(0) for n in OV_RAW_OUTPUTS], full.get_parameters(), "ssd-mobilenet-v2-raw")
         for out, n in zip(model.outputs, OV_RAW_OUTPUTS):
             out.get_tensor().set_names({n})
         model.reshape({0: ov.PartialShape([-1, INPUT_SIZE, INPUT_SIZE, 3])})
-        ov.save_model(model, str(tmp), compress_to_fp16=False)
-        os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
-        os.replace(tmp, xml)
+        return model
+
+    try:
+        engines.write_ir(xml, convert)
     except Exception as e:  # noqa: BLE001
-        tmp.unlink(missing_ok=True)
-        tmp.with_suffix(".bin").unlink(missing_ok=True)
         raise ModelUnavailable(f"OpenVINO cannot convert the SSD graph at {pb}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__} (use --engine onnx)") from None
     engines.export_seconds[xml.name] = time.perf_counter() - t
     return xml
