@@ -30,6 +30,23 @@ def skimage_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def open_photos(skimage_dir):
+    """``open_photos(names, mode=None)``: the named scikit-image photos that exist, loaded in memory
+    (converted to ``mode`` when given)."""
+    from PIL import Image
+
+    def load(names, mode: str | None = None) -> list:
+        out = []
+        for n in names:
+            if (skimage_dir / n).is_file():
+                with Image.open(skimage_dir / n) as im:
+                    out.append(im.convert(mode) if mode else im.copy())
+        return out
+
+    return load
+
+
+@pytest.fixture(scope="session")
 def sample_gallery(tmp_path_factory) -> Path:
     """The labelled sample gallery made from scikit-image photos (read-only for tests: copy before changing)."""
     from explorer.core.samples import make_sample_gallery

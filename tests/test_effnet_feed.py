@@ -16,12 +16,8 @@ needs_openvino = pytest.mark.skipif(not engines.has_openvino(), reason="openvino
 
 
 @pytest.fixture(scope="module")
-def photos(skimage_dir):
-    out = []
-    for n in PHOTOS:
-        if (skimage_dir / n).is_file():
-            with Image.open(skimage_dir / n) as im:
-                out.append(im.copy())
+def photos(open_photos):
+    out = open_photos(PHOTOS)
     rgb = out[0].convert("RGB")
     out += [rgb.crop((40, 10, 500, 260)), rgb.crop((0, 0, 130, 400))]  # odd aspect ratios
     return out

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from explorer.core.errors import ExplorerError, ModelUnavailable
 from explorer.core.models import engines
@@ -15,12 +14,8 @@ EXPORTED = [e for e, ok in (("onnx", engines.has_onnxruntime()), ("openvino", en
 
 
 @pytest.fixture(scope="module")
-def photos(skimage_dir):
-    out = []
-    for n in PHOTOS:
-        if (skimage_dir / n).is_file():
-            with Image.open(skimage_dir / n) as im:
-                out.append(im.convert("RGB"))
+def photos(open_photos):
+    out = open_photos(PHOTOS, "RGB")
     # a crop at an odd aspect ratio, so that not every input is a centred skimage photo
     out.append(out[0].crop((40, 10, 500, 260)))
     return out
