@@ -70,7 +70,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from scale_memory import rss_tree  # noqa: E402
-from scale_million import FittedMixture, _patch_threads, log, mem_available_gib  # noqa: E402
+from scale_million import FittedMixture, _patch_threads, log, mem_available_gib, merge_top, top_rows, top_start  # noqa: E402
+
+from explorer.core.models.base import l2_normalise  # noqa: E402
 
 IMG, CAP = 1280, 384
 K = 10
@@ -103,10 +105,6 @@ def pairs_of(libs: str) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])
 
 
-def unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
 def fused_exact(ci: np.ndarray, cc: np.ndarray) -> np.ndarray:
     """The fused mode's exact score from image and caption cosines (caption weights 1)."""
     from explorer.core import fusion
@@ -117,17 +115,13 @@ def fused_exact(ci: np.ndarray, cc: np.ndarray) -> np.ndarray:
 def exact_tops(gi, gc, qi: np.ndarray, qc: np.ndarray) -> dict:
     """Row indices of the exact top-K of each query for each mode, over all rows (chunked)."""
     n = len(gi)
-    best = {m: (np.full((len(qi), K), -np.inf, np.float32), np.zeros((len(qi), K), np.int64)) for m in MODES}
+    best = {m: top_start(len(qi)) for m in MODES}
     for s in range(0, n, 100_000):
         e = min(n, s + 100_000)
         si, sc = qi @ np.asarray(gi[s:e]).T, qc @ np.asarray(gc[s:e]).T
         for m, sco in (("image", si), ("caption", sc), ("fused", fused_exact(si, sc))):
-            bs, bi = best[m]
-            a = np.concatenate([bs, sco], 1)
-            ai = np.concatenate([bi, np.arange(s, e)[None].repeat(len(qi), 0)], 1)
-            top = np.argpartition(-a, K, 1)[:, :K]
-            best[m] = (np.take_along_axis(a, top, 1), np.take_along_axis(ai, top, 1))
-    return {m: np.take_along_axis(bi, np.argsort(-bs, 1), 1) for m, (bs, bi) in best.items()}
+            best[m] = merge_top(best[m], sco, s)
+    return {m: top_rows(b) for m, b in best.items()}
 
 
 def open_bench(work: Path, mode: str, caption_r: int = 256):
@@ -162,7 +156,7 @@ def build(args) -> None:
     rng = np.random.default_rng(args.seed + 1)
     for s in range(0, args.n, CHUNK):
         x = gen.sample(min(CHUNK, args.n - s), rng)
-        gi[s:s + len(x)], gc[s:s + len(x)] = unit(x[:, :IMG]), unit(x[:, IMG:])
+        gi[s:s + len(x)], gc[s:s + len(x)] = l2_normalise(x[:, :IMG]), l2_normalise(x[:, IMG:])
     gi.flush(), gc.flush()
     # realism of the caption half: nearest-neighbour cosines real vs generated at the real set's size
     small = gen.sample(len(fit), np.random.default_rng(args.seed + 10))
@@ -170,13 +164,13 @@ def build(args) -> None:
         s = v @ v.T
         np.fill_diagonal(s, -9)
         return float(s.max(1).mean())
-    real_check = {"caption_nn1_cos_real": nn1(rc[fit]), "caption_nn1_cos_generated": nn1(unit(small[:, IMG:])),
+    real_check = {"caption_nn1_cos_real": nn1(rc[fit]), "caption_nn1_cos_generated": nn1(l2_normalise(small[:, IMG:])),
                   "image_caption_agreement_real": float(np.mean(
                       [len(set(np.argsort(-(ri[fit] @ ri[fit][j]))[1:11]) & set(np.argsort(-(rc[fit] @ rc[fit][j]))[1:11])) / 10
                        for j in range(0, len(fit), 5)])),
                   "image_caption_agreement_generated": float(np.mean(
-                      [len(set(np.argsort(-(unit(small[:, :IMG]) @ unit(small[:, :IMG])[j]))[1:11])
-                           & set(np.argsort(-(unit(small[:, IMG:]) @ unit(small[:, IMG:])[j]))[1:11])) / 10
+                      [len(set(np.argsort(-(l2_normalise(small[:, :IMG]) @ l2_normalise(small[:, :IMG])[j]))[1:11])
+                           & set(np.argsort(-(l2_normalise(small[:, IMG:]) @ l2_normalise(small[:, IMG:])[j]))[1:11])) / 10
                        for j in range(0, len(fit), 5)]))}
     log("realism (real | generated): " + json.dumps(real_check))
     log(f"{args.n:,} pairs generated in {time.perf_counter() - t:.0f} s")

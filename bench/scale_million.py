@@ -200,18 +200,32 @@ def select_candidates(rows: list[dict], target: float = TARGET, key: str = "reca
 # exact ground truth
 
 
+def top_start(nq: int) -> tuple[np.ndarray, np.ndarray]:
+    """An empty running top-K (scores, row indices) for ``nq`` queries, for :func:`merge_top`."""
+    return np.full((nq, K), -np.inf, np.float32), np.zeros((nq, K), np.int64)
+
+
+def merge_top(best: tuple[np.ndarray, np.ndarray], scores: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray]:
+    """The running top-K after one chunk: ``scores`` (queries x rows) are of rows ``start``, ``start + 1``, ..."""
+    bs, bi = best
+    allsc = np.concatenate([bs, scores], axis=1)
+    alli = np.concatenate([bi, np.arange(start, start + scores.shape[1])[None].repeat(len(scores), 0)], axis=1)
+    top = np.argpartition(-allsc, K, axis=1)[:, :K]
+    return np.take_along_axis(allsc, top, 1), np.take_along_axis(alli, top, 1)
+
+
+def top_rows(best: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """The row indices of a running top-K, best first."""
+    bs, bi = best
+    return np.take_along_axis(bi, np.argsort(-bs, axis=1), 1)
+
+
 def exact_topk(data: np.ndarray, queries: np.ndarray, n: int) -> np.ndarray:
     """Row indices of the exact top-K of each query among the first ``n`` rows (chunked)."""
-    best_s = np.full((len(queries), K), -np.inf, np.float32)
-    best_i = np.zeros((len(queries), K), np.int64)
+    best = top_start(len(queries))
     for s in range(0, n, 100_000):
-        sc = queries @ np.asarray(data[s:min(n, s + 100_000)]).T
-        allsc = np.concatenate([best_s, sc], axis=1)
-        alli = np.concatenate([best_i, np.arange(s, s + sc.shape[1])[None].repeat(len(queries), 0)], axis=1)
-        top = np.argpartition(-allsc, K, axis=1)[:, :K]
-        best_s, best_i = np.take_along_axis(allsc, top, 1), np.take_along_axis(alli, top, 1)
-    order = np.argsort(-best_s, axis=1)
-    return np.take_along_axis(best_i, order, 1)
+        best = merge_top(best, queries @ np.asarray(data[s:min(n, s + 100_000)]).T, s)
+    return top_rows(best)
 
 
 def projected_bound(data, queries: np.ndarray, truth: np.ndarray, r: int, cands=(100, 200, 400, 1000)) -> dict:

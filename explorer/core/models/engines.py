@@ -221,6 +221,12 @@ def export_onnx(
     return path
 
 
+def error_line(e: BaseException) -> str:
+    """An engine error in one line: the first line of its message (at most 200 characters), else its type's name."""
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
 def write_ir(xml: Path, make: Callable[[], object]) -> None:
     """Save the OpenVINO model that ``make()`` returns as float32 IR at ``xml``, atomically.
 
@@ -405,5 +411,4 @@ def load_exported(engine: str, name: str, digest: str, build: Callable[[], tuple
         except Exception as e:  # noqa: BLE001
             path.unlink(missing_ok=True)
             if attempt:
-                msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-                raise ModelUnavailable(f"cannot load the exported model {path.name} in {engine}: {msg} (use --engine torch)") from None
+                raise ModelUnavailable(f"cannot load the exported model {path.name} in {engine}: {error_line(e)} (use --engine torch)") from None

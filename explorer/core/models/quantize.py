@@ -140,8 +140,7 @@ def quantized_model(name: str, digest: str, source: Callable[[], object], sample
         try:
             engines.write_ir(xml, quantized)
         except Exception as e:  # noqa: BLE001 - any quantization failure is one clear line
-            msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise ModelUnavailable(f"cannot quantize {name} to int8: {msg} (use --precision f32)") from None
+            raise ModelUnavailable(f"cannot quantize {name} to int8: {engines.error_line(e)} (use --precision f32)") from None
         quantize_seconds[xml.name] = time.perf_counter() - t
         return xml
 
@@ -160,5 +159,4 @@ def int8_runner(name: str, digest: str, source: Callable[[], object], samples: C
             xml.unlink(missing_ok=True)
             xml.with_suffix(".bin").unlink(missing_ok=True)
             if attempt:
-                msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-                raise ModelUnavailable(f"cannot load the int8 model {xml.name}: {msg} (use --precision f32)") from None
+                raise ModelUnavailable(f"cannot load the int8 model {xml.name}: {engines.error_line(e)} (use --precision f32)") from None

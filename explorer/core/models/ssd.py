@@ -119,7 +119,7 @@ class SSDDetector(Detector):
             except Exception as e:  # noqa: BLE001 - a damaged cached IR: removed, so the next start converts again
                 for f in engines.cache_dir().glob("ssd-mobilenet-v2-*"):
                     f.unlink(missing_ok=True)
-                engines.fall_back_or_raise(engine, ModelUnavailable(f"OpenVINO cannot load the SSD graph: {str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}"))
+                engines.fall_back_or_raise(engine, ModelUnavailable(f"OpenVINO cannot load the SSD graph: {engines.error_line(e)}"))
             self.engine = "cv2"
         try:
             self.net = cv2.dnn.readNetFromTensorflow(str(files[0]), str(files[1]))
@@ -223,7 +223,7 @@ def _openvino_ir(pb: Path) -> Path:
     try:
         engines.write_ir(xml, convert)
     except Exception as e:  # noqa: BLE001
-        raise ModelUnavailable(f"OpenVINO cannot convert the SSD graph at {pb}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__} (use --engine onnx)") from None
+        raise ModelUnavailable(f"OpenVINO cannot convert the SSD graph at {pb}: {engines.error_line(e)} (use --engine onnx)") from None
     engines.export_seconds[xml.name] = time.perf_counter() - t
     return xml
 
