@@ -83,6 +83,9 @@ def test_contract_add_replace_delete_search_save_load(tmp_path, backend, monkeyp
     assert st.delete([ids[8], 99999]) == 1
     assert len(st) == n - 1 and ids[8] not in st.live_ids()
     assert ids[8] not in st.search(vecs[8], 20)[0]
+    # candidates (what the library's pool asks for): about the m best live ids, for a caller that re-scores
+    cand = st.candidates(vecs[9], 20)
+    assert ids[9] in cand and ids[8] not in cand and set(cand.tolist()) <= st.live_ids()
     # save, then a fresh store loads the same contents
     st.save()
     st2 = open_store(backend, tmp_path / "indices", "image--test", dim, {"image": "t"})
@@ -378,3 +381,36 @@ def test_reduced_store_live_ids_through_add_replace_delete_save_load(tmp_path, m
     keep = set(sorted(ref)[:50])
     rep = st.sync(lambda seq: (np.zeros(0, np.int64), np.zeros((0, dim), np.float32), st.manifest.seq_high), keep)
     assert rep.deleted == len(ref) - 50 and st.live_ids() == keep
+
+
+def test_reduced_candidates_are_the_projected_top_without_reading_full_rows(tmp_path, monkeypatch):
+    """The reduced store's ``candidates`` is the projected index's top max(m, MIN_CANDIDATES), and
+    reads no row of the full-vector file (the library's pool re-scores them from the gallery)."""
+    import explorer.core.vectorstore.reduced as reduced
+
+    monkeypatch.setattr(reduced, "FIT_MIN", 100)
+    monkeypatch.setattr(reduced, "MIN_CANDIDATES", 30)
+    rng = np.random.default_rng(5)
+    dim, n = 32, 300
+    vecs = unit(rng.standard_normal((n, dim)))
+    ids = np.arange(1, n + 1, dtype=np.int64)
+    st = open_store("hnswlib-pca8", tmp_path / "indices", "image--cand", dim, {"image": "t"})
+    st.load()
+    st.upsert(ids, vecs)
+    q = unit(rng.standard_normal(dim))
+    st.search(q, 1)  # fits the projection
+    assert st.proj is not None
+
+    class NoRows:
+        def __getitem__(self, key):
+            raise AssertionError("candidates read a full-vector row")
+
+    full, st._full = st._full, NoRows()
+    try:
+        small, large = st.candidates(q, 10), st.candidates(q, 50)
+    finally:
+        st._full = full
+    assert len(small) == 30 == len(set(small.tolist())) and len(large) == 50
+    projected = np.argsort(-((vecs @ st.proj.T) @ (st.proj @ q)))[:30] + 1
+    assert len(set(small.tolist()) & set(projected.tolist())) >= 29  # HNSW at 300 points: (nearly) exact
+    assert set(small.tolist()) <= set(large.tolist()) | set(projected.tolist())

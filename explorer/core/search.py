@@ -322,11 +322,11 @@ class Searcher:
         ids: set[int] = set()
         img_idx, cap_idx, fused_idx = self.lib.index(IMAGE), self.lib.index(CAPTION), self.lib.index(FUSED)
         if pq.image_vec is not None:
-            ids.update(img_idx.search(pq.image_vec, pool_k)[0].tolist())
+            ids.update(img_idx.candidates(pq.image_vec, pool_k).tolist())
         if pq.caption_vec is not None:
-            ids.update(cap_idx.search(pq.caption_vec, pool_k)[0].tolist())
+            ids.update(cap_idx.candidates(pq.caption_vec, pool_k).tolist())
         if pq.image_vec is not None and pq.caption_vec is not None:
-            ids.update(fused_idx.search(fusion.fuse_query(pq.image_vec, pq.caption_vec, self.lib.fused_index_alpha, self.lib.shared_space), pool_k)[0].tolist())
+            ids.update(fused_idx.candidates(fusion.fuse_query(pq.image_vec, pq.caption_vec, self.lib.fused_index_alpha, self.lib.shared_space), pool_k).tolist())
         self_id = gal.image_id(pq.self_path) if pq.self_path else None
         if pq.image_vec is not None and pq.caption is not None and pq.spec.image is not None and pq.library_id is None:
             agreement = self.lib.query_agreement(pq.image_vec, pq.caption_vec, set() if self_id is None else {self_id})

@@ -7,6 +7,9 @@ store is rebuilt, never trusted. The promises:
 
 - ``upsert(ids, vecs)`` adds or replaces (an id is never held twice); ``delete(ids)`` removes;
 - ``search(q, k)`` returns at most ``k`` (ids, inner products), best first, only live ids;
+- ``candidates(q, m)`` returns about the ``m`` best live ids, in no promised order, for a caller
+  that re-scores them exactly itself (the library's candidate pool): a backend that re-scores
+  inside ``search`` (the reduced stores) skips that work here; the default is ``search``'s ids;
 - ``neighbours(ids, k)`` returns the top-k labels of stored vectors (for caption agreement), with
   ties broken by id (:func:`canonical_top`), so that every backend gives the same neighbourhoods
   even where vectors are identical (recurring structured captions);
@@ -89,6 +92,10 @@ class VectorStore(abc.ABC):
 
     @abc.abstractmethod
     def search(self, query: np.ndarray, k: int, ef: int | None = None) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def candidates(self, query: np.ndarray, m: int) -> np.ndarray:
+        """About the ``m`` best live ids for ``query``, unordered; the caller re-scores them."""
+        return self.search(query, m)[0]
 
     def neighbours(self, ids: np.ndarray, k: int) -> np.ndarray:
         """Top-``k`` labels (rows padded with -1) for the stored vectors of ``ids``."""

@@ -16,6 +16,11 @@ file whose row is the image id, so re-scoring a query's candidates touches only 
 - ``search(q, k)`` asks the projected index for ``m = max(OVERSAMPLE * k, MIN_CANDIDATES)`` candidates
   (with a search beam ``ef >= CANDIDATE_EF * m``) and returns the top ``k`` by their exact inner
   product with the full vectors.
+- ``candidates(q, m)`` (what the library's candidate pool asks for) returns the projected index's
+  top ``max(m, MIN_CANDIDATES)`` ids without re-scoring them: the pool re-scores its union of
+  candidates exactly from the gallery's own full vectors, so a query reads no row of this store's
+  full-vector file (at 1M images a pool of 200 re-scored here would read 2,000 scattered rows of a
+  5-7 GB file per index and query: under a memory limit, from disk).
 - ``get_vectors`` returns full vectors, so the library's exact re-scoring is unchanged.
 - The live ids (the store's and the projected index's) are :class:`~.liveids.LiveIds` bitmaps, a
   byte per id instead of ~60 bytes in a Python set: ~1 MiB each at 1M vectors instead of ~60 MiB.
@@ -238,6 +243,24 @@ class ReducedStore(ManifestSync):
             return np.array(self._full[ids], np.float32) if len(ids) else np.zeros((0, self.dim), np.float32)
 
     # -- search -----------------------------------------------------------------------------------------
+    def candidates(self, query, m):
+        """The projected index's top ``max(m, MIN_CANDIDATES)`` ids, *not* re-scored here: the
+        caller (the library's candidate pool) re-scores them exactly from its own copy of the full
+        vectors, so a query reads no row of this store's full-vector file. Below the fitting size
+        (no projection yet) this is exact search."""
+        q = np.asarray(query, np.float32).reshape(-1)
+        with self.lock:
+            self._ensure()
+            n = len(self._live)
+            if n == 0 or m <= 0:
+                return np.zeros(0, np.int64)
+            if self._refit:
+                self._fit()
+            if self.proj is None:
+                return self.search(q, m)[0]
+            m = min(max(m, MIN_CANDIDATES), n)
+            return self.inner.search(self.proj @ q, m, max(self.inner.ef, CANDIDATE_EF * m))[0]
+
     def search(self, query, k, ef=None):
         q = np.asarray(query, np.float32).reshape(-1)
         with self.lock:
