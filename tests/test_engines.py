@@ -215,3 +215,22 @@ def test_a_failed_export_falls_back_to_torch_under_auto_and_is_one_line_otherwis
     with pytest.raises(ModelUnavailable) as e:
         EffNetCore("cpu", "onnx")
     assert "\n" not in str(e.value) and "--engine torch" in str(e.value)
+
+
+@pytest.mark.skipif(not engines.has_openvino(), reason="openvino is not installed")
+def test_a_damaged_ssd_ir_is_removed_and_other_cached_models_are_left(monkeypatch, tmp_path):
+    """A cached SSD IR that OpenVINO cannot load is deleted (the next start converts again) and,
+    under ``auto``, the detector runs in OpenCV; a cached int8 SSD beside it is not touched."""
+    from explorer.core.models import ssd
+
+    monkeypatch.setenv("EXPLORER_ENGINE_CACHE", str(tmp_path))
+    xml = ssd._ir_path(ssd.model_files()[0])
+    assert xml.parent == tmp_path
+    xml.write_text("<not a model")
+    xml.with_suffix(".bin").write_bytes(b"\0" * 16)
+    int8 = tmp_path / f"ssd-mobilenet-v2-int8-{xml.stem.split('-')[3]}-nncf0-ov0-cal1x1.xml"
+    int8.write_text("<a cached int8 model>")
+    det = ssd.SSDDetector(0.5, engine="auto")
+    assert det.engine == "cv2"
+    assert not xml.exists() and not xml.with_suffix(".bin").exists()
+    assert int8.read_text() == "<a cached int8 model>"

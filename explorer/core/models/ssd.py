@@ -117,8 +117,8 @@ class SSDDetector(Detector):
             except ModelUnavailable as e:
                 engines.fall_back_or_raise(engine, e)
             except Exception as e:  # noqa: BLE001 - a damaged cached IR: removed, so the next start converts again
-                for f in engines.cache_dir().glob("ssd-mobilenet-v2-*"):
-                    f.unlink(missing_ok=True)
+                xml = _ir_path(files[0])  # only the f32 IR: a cached int8 model is another file, left alone
+                xml.unlink(missing_ok=True), xml.with_suffix(".bin").unlink(missing_ok=True)
                 engines.fall_back_or_raise(engine, ModelUnavailable(f"OpenVINO cannot load the SSD graph: {engines.error_line(e)}"))
             self.engine = "cv2"
         try:
@@ -197,6 +197,15 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, idx: np.ndarray, iou: float) -> 
     return keep
 
 
+def _ir_path(pb: Path) -> Path:
+    """Where the float32 IR of the frozen graph ``pb`` is cached (keyed by weights, OpenVINO and exporter versions)."""
+    import openvino as ov
+
+    from . import engines
+
+    return engines.cache_dir() / f"ssd-mobilenet-v2-{engines.weights_digest([pb])}-ov{ov.__version__.split('-')[0]}-x{engines.EXPORTER_VERSION}.xml"
+
+
 def _openvino_ir(pb: Path) -> Path:
     """The frozen graph converted to float32 OpenVINO IR, once, in the engine cache (``engines.write_ir``: atomic)."""
     import time
@@ -205,8 +214,7 @@ def _openvino_ir(pb: Path) -> Path:
 
     from . import engines
 
-    digest = engines.weights_digest([pb])
-    xml = engines.cache_dir() / f"ssd-mobilenet-v2-{digest}-ov{ov.__version__.split('-')[0]}-x{engines.EXPORTER_VERSION}.xml"
+    xml = _ir_path(pb)
     if xml.is_file() and xml.with_suffix(".bin").is_file():
         return xml
     t = time.perf_counter()
