@@ -118,7 +118,8 @@ class SSDDetector(Detector):
                 engines.fall_back_or_raise(engine, e)
             except Exception as e:  # noqa: BLE001 - a damaged cached IR: removed, so the next start converts again
                 xml = _ir_path(files[0])  # only the f32 IR: a cached int8 model is another file, left alone
-                xml.unlink(missing_ok=True), xml.with_suffix(".bin").unlink(missing_ok=True)
+                for f in (xml, xml.with_suffix(".bin")):
+                    f.unlink(missing_ok=True)
                 engines.fall_back_or_raise(engine, ModelUnavailable(f"OpenVINO cannot load the SSD graph: {engines.error_line(e)}"))
             self.engine = "cv2"
         try:

@@ -243,6 +243,15 @@ class ReducedStore(ManifestSync):
             return np.array(self._full[ids], np.float32) if len(ids) else np.zeros((0, self.dim), np.float32)
 
     # -- search -----------------------------------------------------------------------------------------
+    def _projected(self, q: np.ndarray, m: int, ef: int | None = None) -> np.ndarray | None:
+        """The projected index's top ``m`` ids (beam ``ef >= CANDIDATE_EF x m``), fitting first if a
+        fit is due; ``None`` while there is no projection (below the fitting size). Under the lock."""
+        if self._refit:
+            self._fit()
+        if self.proj is None:
+            return None
+        return self.inner.search(self.proj @ q, m, max(ef or self.inner.ef, CANDIDATE_EF * m))[0]
+
     def candidates(self, query, m):
         """The projected index's top ``max(m, MIN_CANDIDATES)`` ids, *not* re-scored here: the
         caller (the library's candidate pool) re-scores them exactly from its own copy of the full
@@ -254,12 +263,8 @@ class ReducedStore(ManifestSync):
             n = len(self._live)
             if n == 0 or m <= 0:
                 return np.zeros(0, np.int64)
-            if self._refit:
-                self._fit()
-            if self.proj is None:
-                return self.search(q, m)[0]
-            m = min(max(m, MIN_CANDIDATES), n)
-            return self.inner.search(self.proj @ q, m, max(self.inner.ef, CANDIDATE_EF * m))[0]
+            cand = self._projected(q, min(max(m, MIN_CANDIDATES), n))
+            return self.search(q, m)[0] if cand is None else cand
 
     def search(self, query, k, ef=None):
         q = np.asarray(query, np.float32).reshape(-1)
@@ -269,14 +274,8 @@ class ReducedStore(ManifestSync):
             if n == 0 or k <= 0:
                 return np.zeros(0, np.int64), np.zeros(0, np.float32)
             k = min(k, n)
-            if self._refit:
-                self._fit()
-            if self.proj is None:
-                cand = self._live.ids()
-            else:
-                m = max(OVERSAMPLE * k, MIN_CANDIDATES)
-                cand = self.inner.search(self.proj @ q, m, max(ef or self.inner.ef, CANDIDATE_EF * m))[0]
-            scores = np.asarray(self._full[np.sort(cand)] @ q, np.float32)
-            cand = np.sort(cand)
+            cand = self._projected(q, max(OVERSAMPLE * k, MIN_CANDIDATES), ef)
+            cand = np.sort(self._live.ids() if cand is None else cand)
+            scores = np.asarray(self._full[cand] @ q, np.float32)
         top = np.argsort(-scores, kind="stable")[:k]
         return cand[top], scores[top]
