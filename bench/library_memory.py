@@ -47,7 +47,7 @@ the same recall and latency figures as without the limit.
 
 **Round 5's rule** judged VmRSS after the queries without a limit (4,201 MiB anonymous, 16.1 GB
 VmRSS with ``hnswlib-pca256``: the VmRSS was clean, reclaimable pages of mapped files). **Round 6's
-rule, fixed before any of its figures** (the README's "Whole library at 1M"): the process must
+rule, fixed before any of its figures**: the process must
 finish the 600 queries within ``--memory-limit 4e9`` with validation recall@10 >= 0.95 in every
 mode; candidates per index: the fewest of ``--grid`` {200, 400, 1000} reaching that recall on the
 validation queries; if the limited run fails, the fused store at ``R = 128``, then the image store
